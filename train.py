@@ -1,0 +1,240 @@
+"""DRNET training (SPEC §1-§2): a scene-discriminator step, then the main step, per iteration.
+
+Run through `main.py`; this module holds the losses, the two steps, the periodic pictures and test
+metrics, and the checkpoint/resume logic of a run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from datasets import build_dataset
+from models import Content, DRNet, architecture_keys
+from utils import (
+    DRNetError,
+    MetricsLog,
+    StopOnInterrupt,
+    load_checkpoint,
+    plot_curves,
+    rng_state,
+    save_checkpoint,
+    save_image_grid,
+    set_rng_state,
+)
+
+log = logging.getLogger("drnet")
+
+METRICS = ["rec", "sim", "adv", "disc_loss", "disc_acc"]
+TEST_CLIPS = 64  # fixed test clips for the periodic test MSE and pictures
+
+
+def discriminator_pairs(h_p1: torch.Tensor, h_p2: torch.Tensor, generator: torch.Generator
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pairs for the scene discriminator: first half same clip (label 1), second half different clips (0).
+
+    The second half pairs each row with another clip's vector through a random cyclic permutation,
+    which has no fixed point, so no row is ever paired with itself.
+    """
+    batch = h_p1.shape[0]
+    order = torch.randperm(batch, generator=generator).to(h_p1.device)
+    partner = torch.empty_like(order)
+    partner[order] = order.roll(-1)  # each clip's partner is the next clip on a random cycle
+    half = batch // 2
+    second = torch.cat([h_p2[:half], h_p2[partner[half:]]])
+    labels = torch.cat([torch.ones(half), torch.zeros(batch - half)]).to(h_p1.device)
+    return h_p1, second, labels
+
+
+def similarity_loss(h_c1: torch.Tensor, h_c2: torch.Tensor) -> torch.Tensor:
+    """L_sim: mean squared distance between the content of two frames; the second one is a fixed target."""
+    return F.mse_loss(h_c1, h_c2.detach())
+
+
+def adversarial_loss(logits: torch.Tensor) -> torch.Tensor:
+    """L_adv: cross-entropy against 1/2, so the best the pose encoder can do is leave C undecided."""
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, 0.5))
+
+
+def discriminator_step(model: DRNet, optimizer: torch.optim.Optimizer, h_p1: torch.Tensor,
+                       h_p2: torch.Tensor, generator: torch.Generator) -> tuple[float, float]:
+    """Update the scene discriminator on detached pose vectors; return its loss and accuracy."""
+    first, second, labels = discriminator_pairs(h_p1.detach(), h_p2.detach(), generator)
+    logits = model.scene_discriminator(first, second)
+    loss = F.binary_cross_entropy_with_logits(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    accuracy = ((logits > 0).float() == labels).float().mean()
+    return loss.item(), accuracy.item()
+
+
+def train_step(model: DRNet, optimizers: dict, frames: torch.Tensor, alpha: float, beta: float,
+               generator: torch.Generator) -> dict[str, float]:
+    """One DRNET iteration on frames (4, B, C, H, W) = x_c1, x_c2, x_p1, x_p2; returns the metrics."""
+    x_c1, x_c2, x_p1, x_p2 = frames
+    content = model.encode_content(x_c1)
+    h_p1 = model.encode_pose(x_p1)
+    with torch.no_grad():  # both are only ever used as fixed targets or detached inputs
+        h_c2 = model.encode_content(x_c2).h
+        h_p2 = model.encode_pose(x_p2)
+    # The discriminator learns first on this batch's pose vectors, then the main step faces it (SPEC §2).
+    disc_loss, disc_acc = discriminator_step(model, optimizers["discriminator"], h_p1, h_p2, generator)
+
+    rec = F.mse_loss(model.decode(content, h_p1), x_p1)
+    sim = similarity_loss(content.h, h_c2)
+    model.scene_discriminator.requires_grad_(False)  # frozen in the main step: no gradient reaches it
+    adv = adversarial_loss(model.scene_discriminator(h_p1, h_p2))
+    model.scene_discriminator.requires_grad_(True)
+    loss = rec + alpha * sim + beta * adv
+    optimizers["main"].zero_grad(set_to_none=True)
+    loss.backward()
+    optimizers["main"].step()
+    return {"rec": rec.item(), "sim": sim.item(), "adv": adv.item(), "disc_loss": disc_loss,
+            "disc_acc": disc_acc}
+
+
+def make_optimizers(model: DRNet, config: dict) -> dict[str, torch.optim.Optimizer]:
+    """Adam for the encoders and decoder, and a separate Adam for the scene discriminator."""
+    betas = (config["beta1"], 0.999)
+    main_params = [*model.content_encoder.parameters(), *model.pose_encoder.parameters(),
+                   *model.decoder.parameters()]
+    return {"main": torch.optim.Adam(main_params, lr=config["lr"], betas=betas),
+            "discriminator": torch.optim.Adam(model.scene_discriminator.parameters(), lr=config["lr"], betas=betas)}
+
+
+@torch.no_grad()
+def test_pictures(model: DRNet, test_frames: torch.Tensor, test_clips: torch.Tensor, out_dir: Path,
+                  iteration: int) -> float:
+    """Save a reconstruction grid and an analogy grid of the fixed test clips; return the test MSE."""
+    model.eval()
+    x_c, _, x_p, _ = test_frames
+    reconstruction = torch.cat([model(x_c[i:i + 32], x_p[i:i + 32]) for i in range(0, len(x_c), 32)])
+    test_mse = F.mse_loss(reconstruction, x_p).item()
+    shown = 8  # rows of the grid: content frame | pose frame | content rendered in that pose
+    triplets = torch.stack([x_c[:shown], x_p[:shown], reconstruction[:shown]], dim=1).flatten(0, 1)
+    save_image_grid(triplets, out_dir / f"reconstruction_{iteration:07d}.png", columns=3)
+    # Analogies: row i takes its content from frame 0 of clip i, column t its pose from frame t of clip 0.
+    pose_clip, content_frames = test_clips[0], test_clips[1:, 0]
+    content = model.encode_content(content_frames)
+    rows = len(content_frames)
+    pose = model.encode_pose(pose_clip)
+    cells = [model.decode(Content(content.h[i:i + 1].expand(len(pose), -1),
+                                  [s[i:i + 1].expand(len(pose), -1, -1, -1) for s in content.skips]), pose)
+             for i in range(rows)]
+    blank = torch.ones_like(pose_clip[:1])
+    grid = [torch.cat([blank, pose_clip])] + [torch.cat([content_frames[i:i + 1], cells[i]]) for i in range(rows)]
+    save_image_grid(torch.cat(grid), out_dir / f"analogy_{iteration:07d}.png", columns=len(pose_clip) + 1)
+    model.train()
+    return test_mse
+
+
+def checkpoint_path(run_dir: Path, iteration: int | None = None) -> Path:
+    """The latest checkpoint of a run directory, or the periodic one of `iteration`."""
+    if iteration is None:
+        return run_dir / "checkpoint.pt"
+    return run_dir / "checkpoints" / f"iter_{iteration:07d}.pt"
+
+
+def check_architecture(checkpoint: dict, config: dict, path: Path) -> None:
+    """Refuse a checkpoint whose networks differ from the ones the config asks for."""
+    mismatched = [f"{k}={checkpoint['config'].get(k)!r} (asked: {config[k]!r})" for k in architecture_keys()
+                  if checkpoint["config"].get(k) != config[k]]
+    if checkpoint["config"].get("dataset") != config["dataset"]:
+        mismatched.insert(0, f"dataset={checkpoint['config'].get('dataset')!r} (asked: {config['dataset']!r})")
+    if mismatched:
+        raise DRNetError(f"{path} holds a different architecture: {', '.join(mismatched)}")
+
+
+def save_run_state(run_dir: Path, model: DRNet, optimizers: dict, config: dict, iteration: int,
+                   generator: torch.Generator, keep: int) -> None:
+    """Write the latest checkpoint atomically, keep a periodic copy, drop the oldest beyond `keep`."""
+    state = {"kind": "drnet", "config": config, "iteration": iteration, "model": model.state_dict(),
+             "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+             "rng": rng_state(generator)}
+    latest = checkpoint_path(run_dir)
+    save_checkpoint(state, latest)
+    periodic = checkpoint_path(run_dir, iteration)
+    periodic.parent.mkdir(exist_ok=True)
+    shutil.copyfile(latest, periodic.with_name(periodic.name + ".tmp"))
+    periodic.with_name(periodic.name + ".tmp").replace(periodic)
+    if keep > 0:
+        for old in sorted(periodic.parent.glob("iter_*.pt"))[:-keep]:
+            old.unlink()
+
+
+def train_drnet(config: dict, device: torch.device) -> DRNet:
+    """Train DRNET as the resolved config says, in `config['run_dir']`; return the trained model."""
+    run_dir = Path(config["run_dir"])
+    generator = torch.Generator().manual_seed(config["seed"])
+    torch.manual_seed(config["seed"])
+    model = DRNet(config).to(device)
+    optimizers = make_optimizers(model, config)
+    start = 0
+    if config["resume_from"] is not None:
+        path = Path(config["resume_from"])
+        checkpoint = load_checkpoint(path, map_location=device)
+        check_architecture(checkpoint, config, path)
+        model.load_state_dict(checkpoint["model"])
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(checkpoint["optimizers"][name])
+        set_rng_state(checkpoint["rng"], generator)
+        start = checkpoint["iteration"]
+        log.info("resumed from %s at iteration %d", path, start)
+    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    train_set = build_dataset(config, "train")
+    test_set = build_dataset(config, "test")
+    # Fixed test clips, drawn from their own generator so that pictures never shift the training stream.
+    test_generator = torch.Generator().manual_seed(config["seed"] + 1)
+    test_frames = test_set.drnet_batch(TEST_CLIPS, test_generator).to(device)
+    test_clips = test_set.sequence_batch(9, min(config["max_step"], 10), test_generator).to(device)
+
+    metrics = MetricsLog(run_dir / "metrics.csv", METRICS, resume_from=start if start else None)
+    test_metrics = MetricsLog(run_dir / "test_metrics.csv", ["test_rec_mse"], resume_from=start if start else None)
+    curves = {"reconstruction (mse)": [(run_dir / "metrics.csv", "rec"), (run_dir / "test_metrics.csv",
+                                                                         "test_rec_mse")],
+              "similarity (mse)": [(run_dir / "metrics.csv", "sim")],
+              "scene discriminator loss": [(run_dir / "metrics.csv", "disc_loss"), (run_dir / "metrics.csv", "adv")],
+              "scene discriminator accuracy": [(run_dir / "metrics.csv", "disc_acc")]}
+
+    def save_everything(iteration: int) -> None:
+        save_run_state(run_dir, model, optimizers, config, iteration, generator, config["keep_checkpoints"])
+        test_mse = test_pictures(model, test_frames, test_clips, run_dir / "samples", iteration)
+        test_metrics.append(iteration, {"test_rec_mse": test_mse})
+        plot_curves(curves, run_dir / "loss_curves.png")
+        log.info("iteration %d: test reconstruction mse %.5f; checkpoint %s", iteration, test_mse,
+                 checkpoint_path(run_dir))
+
+    model.train()
+    progress = tqdm(range(start + 1, config["max_iter"] + 1), initial=start, total=config["max_iter"],
+                    desc="DRNET", dynamic_ncols=True, disable=config.get("quiet", False))
+    began, done = time.perf_counter(), 0
+    with StopOnInterrupt() as interrupt, progress:
+        for iteration in progress:
+            frames = train_set.drnet_batch(config["batch_size"], generator).to(device, non_blocking=True)
+            values = train_step(model, optimizers, frames, config["alpha"], config["beta"], generator)
+            if not all(math.isfinite(v) for v in values.values()):
+                raise DRNetError(f"loss became {values} at iteration {iteration}; try a lower --lr")
+            metrics.append(iteration, values)
+            done += 1
+            progress.set_postfix(rec=f"{values['rec']:.4f}", sim=f"{values['sim']:.4f}",
+                                 disc_acc=f"{values['disc_acc']:.2f}", refresh=False)
+            if iteration % config["save_iters"] == 0 or iteration == config["max_iter"] or interrupt.requested:
+                save_everything(iteration)
+            if interrupt.requested:
+                log.info("stopped at iteration %d; continue with --resume True", iteration)
+                break
+    if done > 0:
+        log.info("trained %d iterations in %.1f s (%.2f s/iteration)", done, time.perf_counter() - began,
+                 (time.perf_counter() - began) / done)
+    return model
