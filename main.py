@@ -1,5 +1,6 @@
 """DRNET command line: `python main.py --dataset mnist` trains DRNET; see README.md for every flag.
 
+The same command with `--use_lstm True` then trains the pose LSTM on the trained, frozen DRNET (lstm.py).
 Flags left unset take the dataset's defaults (datasets.DATASETS), then the shared ones below. A resumed
 run starts from the configuration stored in its checkpoint, changed only by the flags given explicitly.
 """
@@ -22,7 +23,13 @@ DEFAULTS = {"lr": 0.002, "beta1": 0.5, "batch_size": 100, "max_iter": 50000, "ma
             "save_iters": 500, "seed": 1, "data_root": "data", "num_digits": 2, "keep_checkpoints": 5,
             "data_threads": 0, "device": "auto", "gpu": 0}
 # Flags that choose what to do or where, never stored as part of the model's configuration.
-RUN_FLAGS = ("resume", "start_iter", "save_dir", "use_lstm")
+RUN_FLAGS = ("resume", "start_iter", "save_dir", "use_lstm", "evaluate", "checkpoint", "eval_clips", "eval_steps")
+
+# LSTM stage [py, seed] (SPEC §4): these replace or add to DEFAULTS when --use_lstm is on.
+LSTM_DEFAULTS = {"lr": 0.0002, "beta1": 0.9, "n_past": 10, "n_future": 10, "rnn_size": 256, "rnn_layers": 2,
+                 "rollout_len": 500}
+LSTM_COUNTS = ("n_past", "n_future", "rnn_size", "rnn_layers", "rollout_len")  # each must be at least 1
+LSTM_ONLY = (*LSTM_COUNTS, "drnet_checkpoint")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -49,14 +56,25 @@ def build_parser() -> argparse.ArgumentParser:
     train = parser.add_argument_group("training")
     train.add_argument("--alpha", type=float, help="weight of the similarity loss")
     train.add_argument("--beta", type=float, help="weight of the adversarial loss")
-    train.add_argument("--lr", type=float, help=f"Adam learning rate (DRNET {DEFAULTS['lr']})")
-    train.add_argument("--beta1", type=float, help=f"Adam beta1 ({DEFAULTS['beta1']})")
+    train.add_argument("--lr", type=float, help=f"Adam learning rate (DRNET {DEFAULTS['lr']}, "
+                                                f"LSTM {LSTM_DEFAULTS['lr']})")
+    train.add_argument("--beta1", type=float, help=f"Adam beta1 (DRNET {DEFAULTS['beta1']}, "
+                                                   f"LSTM {LSTM_DEFAULTS['beta1']})")
     train.add_argument("--batch_size", type=int, help=f"clips per batch ({DEFAULTS['batch_size']})")
     train.add_argument("--max_iter", type=int, help=f"last training iteration ({DEFAULTS['max_iter']})")
     train.add_argument("--max_step", type=int, help=f"largest distance between two frames of a clip "
                                                     f"({DEFAULTS['max_step']})")
     train.add_argument("--num_digits", type=int, help=f"Moving MNIST digits per clip ({DEFAULTS['num_digits']})")
     train.add_argument("--seed", type=int, help=f"random seed of weights and data ({DEFAULTS['seed']})")
+    lstm = parser.add_argument_group("LSTM stage (with --use_lstm True)")
+    lstm.add_argument("--n_past", type=int, help=f"observed frames before the prediction ({LSTM_DEFAULTS['n_past']})")
+    lstm.add_argument("--n_future", type=int, help=f"predicted frames per training clip ({LSTM_DEFAULTS['n_future']})")
+    lstm.add_argument("--rnn_size", type=int, help=f"units per LSTM layer ({LSTM_DEFAULTS['rnn_size']})")
+    lstm.add_argument("--rnn_layers", type=int, help=f"stacked LSTM layers ({LSTM_DEFAULTS['rnn_layers']})")
+    lstm.add_argument("--rollout_len", type=int, help="frames generated for the periodic test rollouts "
+                                                      f"({LSTM_DEFAULTS['rollout_len']})")
+    lstm.add_argument("--drnet_checkpoint", help="the trained DRNET to freeze (default: checkpoint.pt of the run "
+                                                 "directory); the LSTM run goes to <run directory>/lstm")
     run = parser.add_argument_group("files and devices")
     run.add_argument("--data_root", help=f"where datasets live or are downloaded ({DEFAULTS['data_root']})")
     run.add_argument("--save_dir", help="run directory (default: runs/<dataset>, runs/<dataset>_skip with skips)")
@@ -70,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gpu", type=int, help="CUDA device number (0)")
     run.add_argument("--data_threads", type=int, help="loader worker processes for file datasets (KTH, SUNCG, "
                                                       "NORB); Moving MNIST is generated in the training process")
+    evaluation = parser.add_argument_group("evaluation (writes eval/ beside the checkpoint)")
+    evaluation.add_argument("--evaluate", **boolean, help="evaluate a trained checkpoint instead of training")
+    evaluation.add_argument("--checkpoint", metavar="PATH", help="checkpoint to evaluate (default: the latest "
+                                                                 "checkpoint of the run directory these flags name)")
+    evaluation.add_argument("--eval_clips", type=int, help="test clips per evaluation part (1000)")
+    evaluation.add_argument("--eval_steps", type=int, help="future steps of the LSTM prediction curves (100)")
     return parser
 
 
@@ -80,7 +104,9 @@ def default_run_dir(config: dict) -> Path:
 
 def resolve_config(args: argparse.Namespace) -> dict:
     """Merge explicit flags, the checkpoint's config when resuming, dataset defaults and shared defaults."""
-    given = {k: v for k, v in vars(args).items() if v is not None}
+    if args.use_lstm:
+        return resolve_lstm_config(args)
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in LSTM_ONLY}
     entry = {k: v for k, v in DATASETS[args.dataset].items() if k != "loader"}
     config = {"dataset": args.dataset, **DEFAULTS, **entry, **given}
     for flag in RUN_FLAGS:
@@ -88,15 +114,16 @@ def resolve_config(args: argparse.Namespace) -> dict:
     run_dir = Path(given.get("save_dir") or default_run_dir(config))
     resume_from = None
     if args.resume or args.start_iter:
-        from train import checkpoint_path, load_checkpoint
+        from train import check_architecture, checkpoint_path, load_checkpoint
 
         resume_from = checkpoint_path(run_dir, args.start_iter or None)
         if not resume_from.is_file():
             raise DRNetError(f"nothing to resume: no checkpoint {resume_from}; start a run with "
                              f"`python main.py --dataset {args.dataset}` (or pass its --save_dir)")
-        stored = load_checkpoint(resume_from)["config"]
-        config = {**stored, **{k: v for k, v in given.items() if k not in RUN_FLAGS}}
-    elif (run_dir / "checkpoint.pt").exists() and not args.use_lstm:
+        checkpoint = load_checkpoint(resume_from)
+        config = {**checkpoint["config"], **{k: v for k, v in given.items() if k not in RUN_FLAGS}}
+        check_architecture(checkpoint, config, resume_from)
+    elif (run_dir / "checkpoint.pt").exists():
         raise DRNetError(f"{run_dir} already holds a run: continue it with --resume True, or choose another "
                          "--save_dir")
     config["run_dir"], config["resume_from"] = str(run_dir), str(resume_from) if resume_from else None
@@ -104,17 +131,71 @@ def resolve_config(args: argparse.Namespace) -> dict:
     return config
 
 
-def check_config(config: dict) -> None:
+def resolve_lstm_config(args: argparse.Namespace) -> dict:
+    """The LSTM stage's config: flags, then LSTM, dataset and shared defaults; network shapes are the DRNET's.
+
+    The DRNET run directory is found as for DRNET (--save_dir or the default); the LSTM run lives in its
+    `lstm/` folder. Resuming continues that run from its own self-contained checkpoint.
+    """
+    from lstm import LSTM_SHAPE_KEYS
+    from models import architecture_keys
+    from train import check_architecture, checkpoint_path
+    from utils import load_checkpoint
+
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in (*RUN_FLAGS, "drnet_checkpoint")}
+    entry = {k: v for k, v in DATASETS[args.dataset].items() if k != "loader"}
+    config = {"dataset": args.dataset, **DEFAULTS, **entry, **LSTM_DEFAULTS, **given}
+    drnet_dir = Path(args.save_dir or default_run_dir(config))
+    run_dir = drnet_dir / "lstm"
+    resume_from = None
+    if args.resume or args.start_iter:
+        resume_from = checkpoint_path(run_dir, args.start_iter or None)
+        if not resume_from.is_file():
+            raise DRNetError(f"nothing to resume: no LSTM checkpoint {resume_from}; start the LSTM stage with "
+                             f"`python main.py --dataset {args.dataset} --use_lstm True` (or pass its --save_dir)")
+        checkpoint = load_checkpoint(resume_from)
+        if checkpoint.get("kind") != "lstm":
+            raise DRNetError(f"{resume_from} is not an LSTM-stage checkpoint")
+        config = {**checkpoint["config"], **given}
+        stored_drnet = Path(config["drnet_checkpoint"]).resolve()
+        if args.drnet_checkpoint and Path(args.drnet_checkpoint).resolve() != stored_drnet:
+            raise DRNetError(f"{resume_from} continues the LSTM of {config['drnet_checkpoint']}; drop "
+                             "--drnet_checkpoint or start a new LSTM run")
+        check_architecture(checkpoint, config, resume_from, (*architecture_keys(), *LSTM_SHAPE_KEYS))
+    else:
+        if checkpoint_path(run_dir).exists():
+            raise DRNetError(f"{run_dir} already holds an LSTM run: continue it with --resume True --use_lstm True, "
+                             "or choose another --save_dir")
+        drnet_path = Path(args.drnet_checkpoint or checkpoint_path(drnet_dir))
+        if not drnet_path.is_file():
+            save_dir = f" --save_dir {args.save_dir}" if args.save_dir else ""
+            raise DRNetError(f"no trained DRNET at {drnet_path}: train one first with `python main.py --dataset "
+                             f"{args.dataset}{save_dir}`, or pass --drnet_checkpoint PATH")
+        drnet = load_checkpoint(drnet_path)
+        if drnet.get("kind", "drnet") != "drnet":
+            raise DRNetError(f"{drnet_path} is not a DRNET checkpoint (kind {drnet.get('kind')!r})")
+        # The dataset and image size the flags ask for must be the DRNET's, and so must any network shape
+        # given explicitly; every other shape is taken from the DRNET.
+        check_architecture(drnet, config, drnet_path, ("image_width", *(k for k in architecture_keys() if k in given)))
+        config.update({k: drnet["config"][k] for k in architecture_keys()})
+        config["drnet_checkpoint"] = str(drnet_path)
+    config["run_dir"], config["resume_from"] = str(run_dir), str(resume_from) if resume_from else None
+    check_config(config, lstm=True)
+    return config
+
+
+def check_config(config: dict, lstm: bool = False) -> None:
     """Reject settings that cannot work, each with one clear line, before anything is written."""
     if config["dataset"] not in available():
         raise DRNetError(f"dataset '{config['dataset']}' is not available yet; available: {', '.join(available())}")
     if config["image_width"] not in SUPPORTED_SIZES:
         raise DRNetError(f"unsupported --image_width {config['image_width']}: the networks are built for "
                          f"{' or '.join(map(str, SUPPORTED_SIZES))} px")
-    for key in ("batch_size", "max_iter", "max_step", "save_iters", "content_dim", "pose_dim", "channels"):
+    positive = ("batch_size", "max_iter", "max_step", "save_iters", "content_dim", "pose_dim", "channels")
+    for key in positive + (LSTM_COUNTS if lstm else ()):
         if config[key] < 1:
             raise DRNetError(f"--{key} must be at least 1, got {config[key]}")
-    if config["batch_size"] < 2:
+    if config["batch_size"] < 2 and not lstm:  # the LSTM stage has no scene discriminator
         raise DRNetError("--batch_size must be at least 2: the scene discriminator pairs different clips")
     try:
         os.makedirs(config["data_root"], exist_ok=True)
@@ -126,20 +207,50 @@ def check_config(config: dict) -> None:
         raise DRNetError(f"cannot create the run directory {config['run_dir']}: {error.strerror}") from error
 
 
+def checkpoint_to_evaluate(args: argparse.Namespace) -> Path:
+    """--checkpoint, else the latest checkpoint of the run directory the same flags would train in."""
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    from train import checkpoint_path
+
+    use_skip = DATASETS[args.dataset]["use_skip"] if args.use_skip is None else args.use_skip
+    run_dir = Path(args.save_dir or default_run_dir({"dataset": args.dataset, "use_skip": use_skip}))
+    return checkpoint_path(run_dir / "lstm" if args.use_lstm else run_dir)
+
+
+def run_evaluation(args: argparse.Namespace) -> None:
+    """`--evaluate`: metrics of a checkpoint, with its stored config changed only by data and size flags.
+
+    The run directory's refusal to train over an existing run (resolve_config) does not apply: evaluation
+    reads a run and writes only into its eval/ folder.
+    """
+    from evaluate import DATA_OVERRIDES, evaluate
+
+    overrides = {k: v for k, v in vars(args).items() if k in (*DATA_OVERRIDES, "eval_clips", "eval_steps")}
+    device = resolve_device(args.device or DEFAULTS["device"], DEFAULTS["gpu"] if args.gpu is None else args.gpu)
+    evaluate(checkpoint_to_evaluate(args), overrides, device)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse flags, resolve the configuration and device once, and run the asked-for stage."""
     args = build_parser().parse_args(argv)
     log = setup_logging()
     try:
+        if args.evaluate:
+            run_evaluation(args)
+            return
         config = resolve_config(args)
-        if args.use_lstm:
-            raise DRNetError("the LSTM stage (--use_lstm True) is not available yet")
         device = resolve_device(config["device"], config["gpu"])
         log = setup_logging(Path(config["run_dir"]))
         log.info("run directory %s on %s; config: %s", config["run_dir"], device, json.dumps(config))
-        from train import train_drnet
+        if args.use_lstm:
+            from lstm import train_lstm
 
-        train_drnet(config, device)
+            train_lstm(config, device)
+        else:
+            from train import train_drnet
+
+            train_drnet(config, device)
     except DRNetError as error:
         log.error("error: %s", error)
         sys.exit(2)

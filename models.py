@@ -1,13 +1,16 @@
 """DRNET networks: encoders, decoders, scene discriminator, pose LSTM, and their registry.
 
 Every encoder maps frames (B, C, S, S) in [0, 1] to `(h, skips)`: a vector h of shape (B, dim) and
-the list of its intermediate feature maps (finest first) that the skip decoder concatenates.
+the list of its intermediate feature maps (finest first) that the skip decoder concatenates. The skips of
+every encoder have the same shapes: 64, 128, 256, 512 (, 512) channels at S/2, S/4, ..., 4 px, each taken
+after its stage's downsampling, so any content encoder pairs with any decoder, with or without skips.
 Every decoder maps `(h_c, h_p, skips)` back to frames (B, C, S, S) in [0, 1].
 `ENCODERS` and `DECODERS` name the architectures; `datasets.DATASETS` says which one each dataset uses.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
@@ -31,9 +34,9 @@ def stage_channels(num_stages: int, base: int = 64, cap: int = 512) -> list[int]
     return [min(base * 2**i, cap) for i in range(num_stages)]
 
 
-def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    """4x4 stride-2 convolution halving the resolution, BatchNorm, LeakyReLU(0.2)."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 4, 2, 1, bias=False),
+def conv_block(in_channels: int, out_channels: int, kernel_size: int = 4, stride: int = 2) -> nn.Sequential:
+    """Convolution padded by 1 (stride 2 halves the resolution, 3x3 stride 1 keeps it), BatchNorm, LeakyReLU(0.2)."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size, stride, 1, bias=False),
                          nn.BatchNorm2d(out_channels), nn.LeakyReLU(0.2, inplace=True))
 
 
@@ -43,16 +46,13 @@ def upconv_block(in_channels: int, out_channels: int) -> nn.Sequential:
                          nn.BatchNorm2d(out_channels), nn.LeakyReLU(0.2, inplace=True))
 
 
-class Encoder(nn.Module):
-    """DCGAN encoder used for both content and pose: stride-2 stages down to 4 px, then a 4x4 valid conv."""
+class StagedEncoder(nn.Module):
+    """Encoder skeleton: stages down to 4 px (their outputs are the skips), then conv 4x4 valid -> dim, BN, Tanh."""
 
-    def __init__(self, channels: int, dim: int, image_size: int = 64):
+    def __init__(self, stages: Iterable[nn.Module], width: int, dim: int):
         super().__init__()
-        widths = stage_channels(check_image_size(image_size))
-        self.stages = nn.ModuleList(
-            conv_block(c_in, c_out) for c_in, c_out in zip([channels] + widths[:-1], widths, strict=True))
-        self.head = nn.Sequential(nn.Conv2d(widths[-1], dim, 4, 1, 0, bias=False),
-                                  nn.BatchNorm2d(dim), nn.Tanh())
+        self.stages = nn.ModuleList(stages)
+        self.head = nn.Sequential(nn.Conv2d(width, dim, 4, 1, 0, bias=False), nn.BatchNorm2d(dim), nn.Tanh())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         skips = []
@@ -62,20 +62,26 @@ class Encoder(nn.Module):
         return self.head(x).flatten(1), skips
 
 
-class Decoder(nn.Module):
-    """DCGAN decoder: (h_c, h_p) -> 4x4 map -> stride-2 stages -> frame; optionally U-Net skips."""
+class Encoder(StagedEncoder):
+    """DCGAN encoder used for both content and pose: stride-2 stages down to 4 px, then a 4x4 valid conv."""
 
-    def __init__(self, channels: int, content_dim: int, pose_dim: int, image_size: int = 64,
-                 use_skip: bool = False):
+    def __init__(self, channels: int, dim: int, image_size: int = 64):
+        widths = stage_channels(check_image_size(image_size))
+        stages = [conv_block(c_in, c_out) for c_in, c_out in zip([channels] + widths[:-1], widths, strict=True)]
+        super().__init__(stages, widths[-1], dim)
+
+
+class StagedDecoder(nn.Module):
+    """Decoder skeleton: convT 4x4 valid (h_c, h_p) -> width @ 4 px; each stage (`out` last) first takes its skip."""
+
+    def __init__(self, content_dim: int, pose_dim: int, width: int, stages: Iterable[nn.Module], out: nn.Module,
+                 use_skip: bool):
         super().__init__()
-        widths = stage_channels(check_image_size(image_size))[::-1]  # coarsest first: 512, ..., 64
         self.use_skip = use_skip
-        grow = 2 if use_skip else 1  # each stage's input doubles when the content map is concatenated
-        self.head = nn.Sequential(nn.ConvTranspose2d(content_dim + pose_dim, widths[0], 4, 1, 0, bias=False),
-                                  nn.BatchNorm2d(widths[0]), nn.LeakyReLU(0.2, inplace=True))
-        self.stages = nn.ModuleList(
-            upconv_block(grow * c_in, c_out) for c_in, c_out in zip(widths[:-1], widths[1:], strict=True))
-        self.out = nn.Sequential(nn.ConvTranspose2d(grow * widths[-1], channels, 4, 2, 1), nn.Sigmoid())
+        self.head = nn.Sequential(nn.ConvTranspose2d(content_dim + pose_dim, width, 4, 1, 0, bias=False),
+                                  nn.BatchNorm2d(width), nn.LeakyReLU(0.2, inplace=True))
+        self.stages = nn.ModuleList(stages)
+        self.out = out
 
     def forward(self, h_c: torch.Tensor, h_p: torch.Tensor, skips: list[torch.Tensor] | None = None
                 ) -> torch.Tensor:
@@ -90,6 +96,90 @@ class Decoder(nn.Module):
         return x
 
 
+class Decoder(StagedDecoder):
+    """DCGAN decoder: (h_c, h_p) -> 4x4 map -> stride-2 stages -> frame; optionally U-Net skips."""
+
+    def __init__(self, channels: int, content_dim: int, pose_dim: int, image_size: int = 64,
+                 use_skip: bool = False):
+        widths = stage_channels(check_image_size(image_size))[::-1]  # coarsest first: 512, ..., 64
+        grow = 2 if use_skip else 1  # each stage's input doubles when the content map is concatenated
+        stages = [upconv_block(grow * c_in, c_out) for c_in, c_out in zip(widths[:-1], widths[1:], strict=True)]
+        out = nn.Sequential(nn.ConvTranspose2d(grow * widths[-1], channels, 4, 2, 1), nn.Sigmoid())
+        super().__init__(content_dim, pose_dim, widths[0], stages, out, use_skip)
+
+
+# VGG16 and ResNet-18 (SPEC §3), built on the same skeletons, hence with the same skip shapes as DCGAN.
+# The 3x3 convolutions keep the DCGAN defaults (BatchNorm, LeakyReLU(0.2)); nothing is pretrained.
+
+VGG_BLOCK_DEPTHS = (2, 2, 3, 3, 3)  # 3x3 convs per VGG16 block, finest first; 128 px repeats the 512 block
+
+
+class VGG16Encoder(StagedEncoder):
+    """VGG16 encoder: blocks of 3x3 convs, each ending in a 2x2 max-pool whose output is its skip."""
+
+    def __init__(self, channels: int, dim: int, image_size: int = 64):
+        widths = stage_channels(check_image_size(image_size))  # 64 px: convs at 64, 32, 16, 8 px, pooled to 4
+        depths = VGG_BLOCK_DEPTHS[:len(widths)]
+        stages = [nn.Sequential(*(conv_block(c_in if i == 0 else width, width, 3, 1) for i in range(depth)),
+                                nn.MaxPool2d(2))
+                  for c_in, width, depth in zip([channels] + widths[:-1], widths, depths, strict=True)]
+        super().__init__(stages, widths[-1], dim)
+
+
+class VGG16Decoder(StagedDecoder):
+    """Mirror of `VGG16Encoder`: per block, nearest 2x upsampling, then 3x3 convs at that block's resolution.
+
+    Layout at 64 px (g = 2 with skips, else 1): head 512 @4 -> [512g] up, 512, 512, 256 @8 -> [256g] up, 256,
+    256, 128 @16 -> [128g] up, 128, 64 @32 -> [64g] up, 64, conv 3x3 -> channels, Sigmoid @64. At 128 px one more
+    block, [512g] up, 512, 512, 512 @8, comes first and the later ones run at twice the resolution. [Cg] is the
+    block input, with the skip concatenated before the upsampling (the same as upsampling both, 4x cheaper).
+    """
+
+    def __init__(self, channels: int, content_dim: int, pose_dim: int, image_size: int = 64,
+                 use_skip: bool = False):
+        widths = stage_channels(check_image_size(image_size))
+        grow = 2 if use_skip else 1
+        blocks = []
+        for i in reversed(range(len(widths))):
+            width = widths[i]
+            convs = [conv_block(grow * width if j == 0 else width, width, 3, 1) for j in range(VGG_BLOCK_DEPTHS[i] - 1)]
+            # The last conv hands the next finer block its width, as the encoder's first conv did the other way.
+            last = ([conv_block(width, widths[i - 1], 3, 1)] if i
+                    else [nn.Conv2d(width, channels, 3, 1, 1), nn.Sigmoid()])
+            blocks.append(nn.Sequential(nn.Upsample(scale_factor=2), *convs, *last))
+        super().__init__(content_dim, pose_dim, widths[-1], blocks[:-1], blocks[-1], use_skip)
+
+
+class ResidualBlock(nn.Module):
+    """ResNet BasicBlock: two 3x3 convs with BatchNorm, plus the input (1x1 conv + BN when the shape changes)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.body = nn.Sequential(conv_block(in_channels, out_channels, 3, stride),
+                                  nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(out_channels))
+        reshapes = stride != 1 or in_channels != out_channels
+        self.shortcut = (nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                                       nn.BatchNorm2d(out_channels)) if reshapes else nn.Identity())
+        self.activation = nn.LeakyReLU(0.2, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.body(x) + self.shortcut(x))
+
+
+class ResNet18Encoder(StagedEncoder):
+    """ResNet-18 encoder for small frames: a 3x3 stem, then stages of two BasicBlocks, each halving the size."""
+
+    def __init__(self, channels: int, dim: int, image_size: int = 64):
+        widths = stage_channels(check_image_size(image_size))
+        # ImageNet's 7x7 stride-2 stem and max-pool would end at 2 px from 64 px input; a stride-1 stem lets every
+        # stage halve the resolution, so the skips take the DCGAN shapes (64 px: 64 @32 ... 512 @4).
+        stages = [nn.Sequential(ResidualBlock(c_in, c_out, 2), ResidualBlock(c_out, c_out))
+                  for c_in, c_out in zip(widths[:1] + widths[:-1], widths, strict=True)]
+        stages[0].insert(0, conv_block(channels, widths[0], 3, 1))  # the first skip includes the stem
+        super().__init__(stages, widths[-1], dim)
+
+
 class SceneDiscriminator(nn.Module):
     """MLP guessing whether two pose vectors come from the same clip; returns logits (B,)."""
 
@@ -102,8 +192,8 @@ class SceneDiscriminator(nn.Module):
         return self.net(torch.cat([h_p1, h_p2], dim=1)).squeeze(1)
 
 
-ENCODERS = {"dcgan": Encoder}
-DECODERS = {"dcgan": Decoder}
+ENCODERS = {"dcgan": Encoder, "vgg16": VGG16Encoder, "resnet18": ResNet18Encoder}
+DECODERS = {"dcgan": Decoder, "vgg16": VGG16Decoder}
 
 
 def init_weights(module: nn.Module) -> None:
@@ -156,6 +246,100 @@ class DRNet(nn.Module):
         return self.decode(self.encode_content(x_content), self.encode_pose(x_pose))
 
 
+# ---- LSTM stage (SPEC §1 item 3, §3): a pose LSTM on top of a trained, frozen DRNET ----
+
+LSTMState = list[tuple[torch.Tensor, torch.Tensor]]  # (hidden, cell) per stacked LSTM cell
+
+
+class PoseLSTM(nn.Module):
+    """Predicts the next pose: Linear(content+pose -> hidden), stacked LSTM cells, Linear(hidden -> pose), Tanh.
+
+    It keeps no state between calls: every call starts from zeros sized by its own input's batch.
+    """
+
+    def __init__(self, content_dim: int, pose_dim: int, hidden: int = 256, layers: int = 2):
+        super().__init__()
+        self.content_dim, self.pose_dim, self.hidden = content_dim, pose_dim, hidden
+        self.embed = nn.Linear(pose_dim + content_dim, hidden)
+        self.cells = nn.ModuleList(nn.LSTMCell(hidden, hidden) for _ in range(layers))
+        self.out = nn.Sequential(nn.Linear(hidden, pose_dim), nn.Tanh())
+
+    def initial_state(self, like: torch.Tensor) -> LSTMState:
+        """Zero hidden and cell states for the batch, device and dtype of `like` (B, ...)."""
+        zeros = like.new_zeros(like.shape[0], self.hidden)
+        return [(zeros, zeros) for _ in self.cells]
+
+    def step(self, content: torch.Tensor, pose: torch.Tensor, state: LSTMState | None = None
+             ) -> tuple[torch.Tensor, LSTMState]:
+        """One transition: content (B, content_dim) and pose (B, pose_dim) at t-1 -> pose (B, pose_dim) at t."""
+        batch = content.shape[0]
+        # Exact shapes: a (B, pose_dim, 1, 1) pose would broadcast silently in the loss (the reference's bug).
+        if content.shape != (batch, self.content_dim) or pose.shape != (batch, self.pose_dim):
+            raise ValueError(f"expected content ({batch}, {self.content_dim}) and pose ({batch}, {self.pose_dim}), "
+                             f"got {tuple(content.shape)} and {tuple(pose.shape)}")
+        x = self.embed(torch.cat([pose, content], dim=1))
+        new_state = []
+        for cell, (hidden, memory) in zip(self.cells, state or self.initial_state(content), strict=True):
+            hidden, memory = cell(x, (hidden, memory))
+            new_state.append((hidden, memory))
+            x = hidden
+        return self.out(x), new_state
+
+    def forward(self, content: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: content (B, content_dim), poses (B, T, pose_dim) -> next poses (B, T, pose_dim)."""
+        if poses.dim() != 3:
+            raise ValueError(f"expected poses (B, T, {self.pose_dim}), got {tuple(poses.shape)}")
+        state, predicted = None, []
+        for t in range(poses.shape[1]):
+            pose, state = self.step(content, poses[:, t], state)
+            predicted.append(pose)
+        return torch.stack(predicted, dim=1)
+
+
+class DRNetPredictor(DRNet):
+    """A trained DRNET with its pose LSTM: the DRNet API plus `predict`, which generates future frames."""
+
+    def __init__(self, config: dict, lstm_config: dict):
+        super().__init__(config)
+        self.lstm = PoseLSTM(config["content_dim"], config["pose_dim"], lstm_config["rnn_size"],
+                             lstm_config["rnn_layers"])
+        self.lstm.apply(init_weights)
+
+    def drnet_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights of the DRNET networks alone, loadable into a plain `DRNet`."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("lstm.")}
+
+    def load_weights(self, drnet_state: dict, lstm_state: dict) -> None:
+        """Load DRNET weights (a `DRNet` state dict) and LSTM weights; every key must match."""
+        self.load_state_dict({**drnet_state, **{f"lstm.{k}": v for k, v in lstm_state.items()}})
+
+    def encode_pose_sequence(self, clips: torch.Tensor) -> torch.Tensor:
+        """Pose vectors (B, T, pose_dim) of clips (B, T, C, H, W)."""
+        return self.encode_pose(clips.flatten(0, 1)).unflatten(0, clips.shape[:2])
+
+    @torch.no_grad()
+    def predict(self, past: torch.Tensor, n_future: int) -> torch.Tensor:
+        """Frames (B, n_future, C, H, W) that follow `past` (B, T, C, H, W) in [0, 1], T >= 1.
+
+        Content comes from the last observed frame; the LSTM reads the observed poses, then its own
+        predictions. Call it in eval mode (as `load_model` returns the model) for deterministic frames.
+        """
+        if past.dim() != 5 or past.shape[1] < 1:
+            raise ValueError(f"expected past frames (B, T>=1, C, H, W), got {tuple(past.shape)}")
+        if n_future < 1:
+            raise ValueError(f"n_future must be at least 1, got {n_future}")
+        content = self.encode_content(past[:, -1])
+        observed = self.encode_pose_sequence(past)
+        state = None
+        for t in range(observed.shape[1]):
+            pose, state = self.lstm.step(content.h, observed[:, t], state)
+        frames = [self.decode(content, pose)]
+        for _ in range(n_future - 1):
+            pose, state = self.lstm.step(content.h, pose, state)
+            frames.append(self.decode(content, pose))
+        return torch.stack(frames, dim=1)
+
+
 def architecture_keys() -> tuple[str, ...]:
     """Config keys that fix the shapes of the networks; two checkpoints agree on them or are incompatible."""
     return ("content_encoder", "pose_encoder", "decoder", "image_width", "channels", "content_dim",
@@ -163,10 +347,17 @@ def architecture_keys() -> tuple[str, ...]:
 
 
 def load_model(path: str, device: str | torch.device = "cpu") -> DRNet:
-    """Rebuild the trained model from a checkpoint file alone; returned on `device`, in eval mode."""
+    """Rebuild the trained model from a checkpoint file alone; returned on `device`, in eval mode.
+
+    A DRNET checkpoint gives a `DRNet`; an LSTM-stage checkpoint gives a `DRNetPredictor` (with `predict`).
+    """
     from utils import load_checkpoint
 
     checkpoint = load_checkpoint(path, map_location=device)
-    model = DRNet(checkpoint["config"])
-    model.load_state_dict(checkpoint["model"])
+    if checkpoint.get("kind") == "lstm":
+        model = DRNetPredictor(checkpoint["drnet_config"], checkpoint["config"])
+        model.load_weights(checkpoint["model"], checkpoint["lstm"])
+    else:
+        model = DRNet(checkpoint["config"])
+        model.load_state_dict(checkpoint["model"])
     return model.to(device).eval()

@@ -64,6 +64,11 @@ def adversarial_loss(logits: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, 0.5))
 
 
+def drnet_loss(rec: torch.Tensor, sim: torch.Tensor, adv: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """The paper's objective L = L_rec + alpha * L_sim + beta * L_adv (the seed put alpha on L_rec)."""
+    return rec + alpha * sim + beta * adv
+
+
 def discriminator_step(model: DRNet, optimizer: torch.optim.Optimizer, h_p1: torch.Tensor,
                        h_p2: torch.Tensor, generator: torch.Generator) -> tuple[float, float]:
     """Update the scene discriminator on detached pose vectors; return its loss and accuracy."""
@@ -94,7 +99,7 @@ def train_step(model: DRNet, optimizers: dict, frames: torch.Tensor, alpha: floa
     model.scene_discriminator.requires_grad_(False)  # frozen in the main step: no gradient reaches it
     adv = adversarial_loss(model.scene_discriminator(h_p1, h_p2))
     model.scene_discriminator.requires_grad_(True)
-    loss = rec + alpha * sim + beta * adv
+    loss = drnet_loss(rec, sim, adv, alpha, beta)
     optimizers["main"].zero_grad(set_to_none=True)
     loss.backward()
     optimizers["main"].step()
@@ -144,9 +149,10 @@ def checkpoint_path(run_dir: Path, iteration: int | None = None) -> Path:
     return run_dir / "checkpoints" / f"iter_{iteration:07d}.pt"
 
 
-def check_architecture(checkpoint: dict, config: dict, path: Path) -> None:
-    """Refuse a checkpoint whose networks differ from the ones the config asks for."""
-    mismatched = [f"{k}={checkpoint['config'].get(k)!r} (asked: {config[k]!r})" for k in architecture_keys()
+def check_architecture(checkpoint: dict, config: dict, path: Path, keys: tuple[str, ...] | None = None) -> None:
+    """Refuse a checkpoint from another dataset, or whose networks differ in `keys` (default: all of them)."""
+    keys = architecture_keys() if keys is None else keys
+    mismatched = [f"{k}={checkpoint['config'].get(k)!r} (asked: {config[k]!r})" for k in keys
                   if checkpoint["config"].get(k) != config[k]]
     if checkpoint["config"].get("dataset") != config["dataset"]:
         mismatched.insert(0, f"dataset={checkpoint['config'].get('dataset')!r} (asked: {config['dataset']!r})")
@@ -156,10 +162,15 @@ def check_architecture(checkpoint: dict, config: dict, path: Path) -> None:
 
 def save_run_state(run_dir: Path, model: DRNet, optimizers: dict, config: dict, iteration: int,
                    generator: torch.Generator, keep: int) -> None:
-    """Write the latest checkpoint atomically, keep a periodic copy, drop the oldest beyond `keep`."""
+    """Write the DRNET checkpoint of `iteration` (see `write_checkpoints`)."""
     state = {"kind": "drnet", "config": config, "iteration": iteration, "model": model.state_dict(),
              "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
              "rng": rng_state(generator)}
+    write_checkpoints(run_dir, state, iteration, keep)
+
+
+def write_checkpoints(run_dir: Path, state: dict, iteration: int, keep: int) -> None:
+    """Write the latest checkpoint atomically, keep a periodic copy, drop the oldest beyond `keep`."""
     latest = checkpoint_path(run_dir)
     save_checkpoint(state, latest)
     periodic = checkpoint_path(run_dir, iteration)

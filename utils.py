@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import signal
+import sys
 from pathlib import Path
 
 import torch
@@ -94,7 +95,7 @@ class TqdmHandler(logging.Handler):
     """Logging handler that prints through tqdm, so messages do not break the progress bar."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        tqdm.write(self.format(record))
+        tqdm.write(self.format(record), file=sys.stderr)
 
 
 def setup_logging(run_dir: Path | None = None, filename: str = "train.log") -> logging.Logger:

@@ -1,0 +1,177 @@
+"""SUNCG chairs as DRNET clips: the 36 views around one chair at one elevation, loaded lazily.
+
+SUNCG is no longer distributed by its owners, so this loader reads an existing copy laid out as
+    DATA_ROOT/suncg/single_object/chair/<object>/elevation_<e>/p200-64_<i>.png
+with five elevations per object and views i = 1..36 going round the chair, 64x64 RGB (SPEC §5).
+
+A clip is views 1..36 of one object at one elevation. The views close a circle (10° apart), so clips
+are **cyclic**: a window or a sequence may start at any view and wrap from view 36 to view 1, and a
+sequence longer than 36 frames goes round again instead of failing. The split is 85/15 over the sorted
+object names (the first 85% train), so it is deterministic and the splits share no object.
+
+The full set is several GB, so only the folder names are read up front; each PNG is decoded when a
+batch first needs it (converted to RGB, or to grey for channels=1, and resized with antialiasing when
+`image_size` is not 64) and kept in a bounded least-recently-used cache of decoded frames.
+
+Labels for evaluation: `clip_labels()` is a (num_clips, 2) int64 tensor with the columns of
+`LABEL_COLUMNS`: the object's index in `objects` (this split's sorted object names) and the number `e`
+of its elevation folder; `sequence_batch(..., return_labels=True)` also returns the label rows of the
+clips it drew, and `clip_sequence` gives any clip's frames.
+"""
+
+import re
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from utils import DRNetError
+
+VIEWS_PER_CLIP = 36
+TRAIN_PERCENT = 85
+LABEL_COLUMNS = ("object", "elevation")
+CHANNEL_CHOICES = (1, 3)
+DEFAULT_CACHE_FRAMES = 20000  # about 250 MB of 64x64 RGB frames
+EXPECTED_LAYOUT = "suncg/single_object/chair/<object>/elevation_<e>/p200-64_<i>.png (i = 1..36)"
+
+_ELEVATION_FOLDER = re.compile(r"elevation_(\d+)")
+
+
+def suncg_chair_dir(data_root: str) -> Path:
+    """The folder that holds one subfolder per chair."""
+    return Path(data_root) / "suncg" / "single_object" / "chair"
+
+
+def view_file_name(view: int) -> str:
+    """File name of view `view` (1-based, as in the dataset) inside an elevation folder."""
+    return f"p200-64_{view}.png"
+
+
+def split_objects(objects: list[str], split: str) -> list[str]:
+    """This split's objects: the first 85% of the sorted names for "train", the rest for "test"."""
+    ordered = sorted(objects)
+    if len(ordered) < 2:
+        raise DRNetError(f"SUNCG chairs need at least 2 objects to split into train and test, "
+                         f"found {len(ordered)}")
+    # Floor of 85%, in integers so no float rounding decides the boundary; with at least 2 objects
+    # both parts are non-empty.
+    train_count = len(ordered) * TRAIN_PERCENT // 100
+    return ordered[:train_count] if split == "train" else ordered[train_count:]
+
+
+def read_view(path: Path, image_size: int, channels: int) -> torch.Tensor:
+    """One view PNG as uint8 (C, S, S); a clear error naming the file when it is missing or unreadable."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB" if channels == 3 else "L")
+            if image.size != (image_size, image_size):
+                image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            pixels = np.array(image, dtype=np.uint8)
+    # PIL reports broken files as OSError, and some broken PNG chunks as SyntaxError or ValueError.
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DRNetError(f"cannot read SUNCG view {path}: {error}") from error
+    frame = torch.from_numpy(pixels)
+    return frame.unsqueeze(0) if channels == 1 else frame.permute(2, 0, 1).contiguous()
+
+
+class SuncgClips:
+    """SUNCG chair clips of one split: 36 views round a chair at one elevation (cyclic), PNGs read lazily."""
+
+    def __init__(self, data_root: str, split: str, image_size: int, channels: int, max_step: int,
+                 cache_frames: int = DEFAULT_CACHE_FRAMES) -> None:
+        if split not in ("train", "test"):
+            raise DRNetError(f"unknown SUNCG split '{split}'; use 'train' or 'test'")
+        if channels not in CHANNEL_CHOICES:
+            raise DRNetError(f"SUNCG chairs are RGB: channels must be 3 (or 1 for grey), got {channels}")
+        if image_size < 1 or max_step < 1 or cache_frames < 0:
+            raise DRNetError(f"image_size and max_step must be positive and cache_frames not negative, got "
+                             f"{image_size}, {max_step}, {cache_frames}")
+        root = suncg_chair_dir(data_root)
+        if not root.is_dir():
+            raise DRNetError(f"SUNCG chairs not found at {root}: the dataset is no longer distributed by its "
+                             f"owners; point --data_root at a folder holding an existing copy as "
+                             f"{EXPECTED_LAYOUT}")
+        self.channels = channels
+        self.image_size = image_size
+        self.max_step = max_step
+        self.clip_length = VIEWS_PER_CLIP
+        self.objects = split_objects([path.name for path in root.iterdir() if path.is_dir()], split)
+        self._clip_folders: list[Path] = []
+        labels = []
+        for object_index, name in enumerate(self.objects):
+            for elevation, folder in self._elevation_folders(root / name):
+                self._clip_folders.append(folder)
+                labels.append((object_index, elevation))
+        self._labels = torch.tensor(labels, dtype=torch.int64)
+        self._cache_frames = cache_frames
+        self._cache: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
+
+    @staticmethod
+    def _elevation_folders(object_folder: Path) -> list[tuple[int, Path]]:
+        """The object's elevation_<e> folders as (e, folder), sorted by e."""
+        found = []
+        for folder in object_folder.iterdir():
+            match = _ELEVATION_FOLDER.fullmatch(folder.name)
+            if match and folder.is_dir():
+                found.append((int(match.group(1)), folder))
+        if not found:
+            raise DRNetError(f"no elevation_<e> folders in {object_folder}; expected {EXPECTED_LAYOUT}")
+        return sorted(found)
+
+    @property
+    def num_clips(self) -> int:
+        """Number of clips (object, elevation) in this split."""
+        return len(self._clip_folders)
+
+    def clip_labels(self) -> torch.Tensor:
+        """Labels of every clip, (num_clips, 2) int64 with the columns of LABEL_COLUMNS."""
+        return self._labels.clone()
+
+    def _frame(self, clip: int, view: int) -> torch.Tensor:
+        """Decoded view `view` (0-based) of a clip as uint8 (C, S, S), through the bounded cache."""
+        key = (clip, view)
+        frame = self._cache.get(key)
+        if frame is not None:
+            self._cache.move_to_end(key)
+            return frame
+        frame = read_view(self._clip_folders[clip] / view_file_name(view + 1), self.image_size, self.channels)
+        if self._cache_frames > 0:
+            self._cache[key] = frame
+            if len(self._cache) > self._cache_frames:
+                self._cache.popitem(last=False)
+        return frame
+
+    def _gather(self, clips: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """Frames at matching (clip, view) index tensors of one shape, as float32 (*shape, C, S, S) in [0, 1]."""
+        frames = [self._frame(int(clip), int(view)) for clip, view in zip(clips.flatten(), views.flatten(),
+                                                                         strict=True)]
+        return torch.stack(frames).view(*views.shape, *frames[0].shape).float().div_(255)
+
+    def clip_sequence(self, clip: int, start: int, length: int) -> torch.Tensor:
+        """Views start, start+1, .. (0-based, cyclic) of one clip as float32 (length, C, S, S)."""
+        if not 0 <= clip < self.num_clips or length < 1:
+            raise DRNetError(f"no sequence of length {length} in clip {clip} of {self.num_clips} clips")
+        views = (start + torch.arange(length)) % self.clip_length
+        return self._gather(torch.full_like(views, clip), views)
+
+    def drnet_batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """x_c1, x_c2, x_p1, x_p2 as (4, B, C, S, S): four frames drawn uniformly from one clip's window."""
+        clips = torch.randint(self.num_clips, (batch_size,), generator=generator)
+        window = min(self.max_step, self.clip_length)
+        starts = torch.randint(self.clip_length, (batch_size,), generator=generator)
+        offsets = torch.randint(window, (4, batch_size), generator=generator)
+        views = (starts + offsets) % self.clip_length
+        return self._gather(clips.expand(4, -1), views)
+
+    def sequence_batch(self, batch_size: int, length: int, generator: torch.Generator,
+                       return_labels: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, C, S, S) runs of consecutive views (cyclic); return_labels adds their (B, 2) labels."""
+        if length < 1:
+            raise DRNetError(f"sequence length must be positive, got {length}")
+        clips = torch.randint(self.num_clips, (batch_size,), generator=generator)
+        starts = torch.randint(self.clip_length, (batch_size,), generator=generator)
+        views = (starts[:, None] + torch.arange(length)) % self.clip_length
+        frames = self._gather(clips[:, None].expand(-1, length), views)
+        return (frames, self._labels[clips]) if return_labels else frames

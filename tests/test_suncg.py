@@ -1,0 +1,192 @@
+"""SUNCG chairs loader on a tiny tree written here in the real layout (64x64 RGB PNGs, 36 views).
+
+Every view encodes what it shows: red = 7 * view (view 1..36), green = a code of the object, blue = a
+code of the elevation. Elevation folders are numbered 2 and 10 so that a name sort (10 before 2) and a
+number sort differ.
+"""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datasets import suncg
+from datasets.suncg import SuncgClips, split_objects, suncg_chair_dir, view_file_name
+from utils import DRNetError
+
+OBJECTS = [f"{name}_chair" for name in ("f3", "a1", "c9", "b2", "h0", "e5", "d4", "g7")]  # unsorted
+SORTED_OBJECTS = sorted(OBJECTS)
+ELEVATIONS = (2, 10)
+VIEWS = range(1, 37)
+
+
+def object_code(name: str) -> int:
+    """Green value that identifies an object."""
+    return 20 * SORTED_OBJECTS.index(name) + 10
+
+
+def elevation_code(elevation: int) -> int:
+    """Blue value that identifies an elevation."""
+    return 10 * elevation + 5
+
+
+def write_tree(data_root, objects=OBJECTS, elevations=ELEVATIONS) -> None:
+    """Write the chair tree with one PNG per (object, elevation, view) and some unrelated entries."""
+    chair_dir = suncg_chair_dir(str(data_root))
+    for name in objects:
+        for elevation in elevations:
+            folder = chair_dir / name / f"elevation_{elevation}"
+            folder.mkdir(parents=True)
+            for view in VIEWS:
+                colour = (7 * view, object_code(name), elevation_code(elevation))
+                Image.new("RGB", (64, 64), colour).save(folder / view_file_name(view))
+        (chair_dir / name / "notes.txt").write_text("not an elevation folder")
+    (chair_dir / "README").write_text("not an object folder")
+
+
+@pytest.fixture(scope="module")
+def suncg_root(tmp_path_factory):
+    """A data root holding the tiny chair tree."""
+    root = tmp_path_factory.mktemp("suncg")
+    write_tree(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def train_clips(suncg_root):
+    """Train clips at 64 px, RGB, max_step 5 (windows shorter than the 36 views)."""
+    return SuncgClips(str(suncg_root), "train", 64, 3, 5)
+
+
+def encoded(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(view 1..36, object code, elevation code) read from the top-left pixel of (..., 3, S, S) frames."""
+    pixel = (frames[..., :, 0, 0] * 255).round().long()
+    return pixel[..., 0] // 7, pixel[..., 1], pixel[..., 2]
+
+
+def expected_codes(clips: SuncgClips, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Object and elevation codes of (N, 2) label rows (object index, elevation)."""
+    objects = torch.tensor([object_code(clips.objects[index]) for index in labels[:, 0].tolist()])
+    return objects, torch.tensor([elevation_code(e) for e in labels[:, 1].tolist()])
+
+
+def test_split_is_sorted_deterministic_and_disjoint(suncg_root, train_clips):
+    test_clips = SuncgClips(str(suncg_root), "test", 64, 3, 5)
+    assert train_clips.objects == SORTED_OBJECTS[:6]  # floor(0.85 * 8) = 6
+    assert test_clips.objects == SORTED_OBJECTS[6:]
+    assert SuncgClips(str(suncg_root), "train", 64, 3, 5).objects == train_clips.objects
+    names = [f"object_{i:02d}" for i in range(20)]
+    assert split_objects(names[::-1], "train") == names[:17]
+    assert split_objects(names, "test") == names[17:]
+    with pytest.raises(DRNetError, match="at least 2 objects"):
+        split_objects(["only"], "train")
+
+
+def test_clips_are_object_elevation_pairs_with_views_in_order(train_clips):
+    labels = train_clips.clip_labels()
+    assert labels.dtype == torch.int64
+    assert labels.tolist() == [[index, elevation] for index in range(6) for elevation in ELEVATIONS]
+    assert train_clips.num_clips == 12
+    object_codes, elevation_codes = expected_codes(train_clips, labels)
+    for clip in range(train_clips.num_clips):
+        frames = train_clips.clip_sequence(clip, 0, 36)
+        assert frames.shape == (36, 3, 64, 64) and frames.dtype == torch.float32
+        views, objects, elevations = encoded(frames)
+        assert views.tolist() == list(VIEWS)
+        assert (objects == object_codes[clip]).all() and (elevations == elevation_codes[clip]).all()
+
+
+def test_clip_sequence_wraps_round_the_circle(train_clips):
+    views, _, _ = encoded(train_clips.clip_sequence(3, 30, 10))
+    assert views.tolist() == [31, 32, 33, 34, 35, 36, 1, 2, 3, 4]
+
+
+def test_drnet_batch_draws_four_frames_of_one_window(train_clips):
+    batch = train_clips.drnet_batch(300, torch.Generator().manual_seed(1))
+    assert batch.shape == (4, 300, 3, 64, 64) and batch.dtype == torch.float32
+    assert 0.0 <= batch.min() and batch.max() <= 1.0
+    views, objects, elevations = encoded(batch)
+    assert (objects == objects[0]).all() and (elevations == elevations[0]).all()
+    # All four lie in one cyclic window of max_step = 5 views: some rotation fits a span of 4.
+    spans = torch.stack([(views - views[k]) % 36 for k in range(4)]).amax(dim=1).amin(dim=0)
+    assert spans.max() == 4
+    assert ((views.amax(dim=0) - views.amin(dim=0)) > 4).any()  # windows wrap from view 36 to 1
+
+
+def test_batches_repeat_with_the_same_seed(train_clips):
+    first = train_clips.drnet_batch(6, torch.Generator().manual_seed(3))
+    assert torch.equal(first, train_clips.drnet_batch(6, torch.Generator().manual_seed(3)))
+    assert not torch.equal(first, train_clips.drnet_batch(6, torch.Generator().manual_seed(4)))
+    sequence = train_clips.sequence_batch(3, 7, torch.Generator().manual_seed(3))
+    assert torch.equal(sequence, train_clips.sequence_batch(3, 7, torch.Generator().manual_seed(3)))
+
+
+def test_sequence_batch_is_consecutive_with_labels(train_clips):
+    frames, labels = train_clips.sequence_batch(5, 40, torch.Generator().manual_seed(5), return_labels=True)
+    assert frames.shape == (5, 40, 3, 64, 64) and labels.shape == (5, 2)
+    views, objects, elevations = encoded(frames)
+    assert (torch.diff(views, dim=1) % 36 == 1).all()
+    object_codes, elevation_codes = expected_codes(train_clips, labels)
+    assert (objects == object_codes[:, None]).all() and (elevations == elevation_codes[:, None]).all()
+
+
+def test_cache_is_bounded_and_reused(suncg_root, monkeypatch):
+    reads = []
+    original = suncg.read_view
+
+    def counting_read_view(path, image_size, channels):
+        reads.append(path.name)
+        return original(path, image_size, channels)
+
+    monkeypatch.setattr(suncg, "read_view", counting_read_view)
+    cached = SuncgClips(str(suncg_root), "train", 64, 3, 5, cache_frames=3)
+    cached.clip_sequence(0, 0, 3)  # reads views 1, 2, 3
+    cached.clip_sequence(0, 0, 3)  # served from the cache
+    cached.clip_sequence(0, 0, 1)  # view 1 becomes the most recently used
+    cached.clip_sequence(0, 3, 1)  # reads view 4 and drops the least recently used, view 2
+    cached.clip_sequence(0, 0, 1)
+    cached.clip_sequence(0, 2, 1)
+    cached.clip_sequence(0, 1, 1)  # view 2 was dropped: read again
+    assert reads == [view_file_name(view) for view in (1, 2, 3, 4, 2)]
+    assert len(cached._cache) == 3
+
+
+def test_grey_and_resized_frames(suncg_root):
+    grey = SuncgClips(str(suncg_root), "train", 32, 1, 5)
+    frames = grey.clip_sequence(0, 0, 2)
+    assert frames.shape == (2, 1, 32, 32)
+    colour = (7, object_code(SORTED_OBJECTS[0]), elevation_code(ELEVATIONS[0]))
+    expected = Image.new("RGB", (1, 1), colour).convert("L").getpixel((0, 0))
+    assert torch.allclose(frames[0], torch.full((1, 32, 32), expected / 255))
+    with pytest.raises(DRNetError, match="channels"):
+        SuncgClips(str(suncg_root), "train", 64, 2, 5)
+
+
+def test_missing_folder_explains_the_dataset_is_gone(tmp_path):
+    with pytest.raises(DRNetError) as error:
+        SuncgClips(str(tmp_path), "train", 64, 3, 20)
+    message = str(error.value)
+    assert "no longer distributed" in message and "--data_root" in message
+    assert str(suncg_chair_dir(str(tmp_path))) in message and "p200-64_<i>.png" in message
+    assert "\n" not in message
+
+
+def test_missing_and_corrupt_views_name_the_file(tmp_path):
+    write_tree(tmp_path, objects=SORTED_OBJECTS[:2], elevations=(0,))
+    folder = suncg_chair_dir(str(tmp_path)) / SORTED_OBJECTS[0] / "elevation_0"  # clip 0 of "train"
+    (folder / view_file_name(5)).unlink()
+    (folder / view_file_name(6)).write_bytes(b"\x89PNG\r\n\x1a\n" + np.arange(50, dtype=np.uint8).tobytes())
+    clips = SuncgClips(str(tmp_path), "train", 64, 3, 5)
+    for view in (5, 6):
+        with pytest.raises(DRNetError, match="cannot read SUNCG view") as error:
+            clips.clip_sequence(0, view - 1, 1)
+        assert str(folder / view_file_name(view)) in str(error.value)
+
+
+def test_object_without_elevation_folders_is_reported(tmp_path):
+    write_tree(tmp_path, objects=SORTED_OBJECTS[:3], elevations=(0,))
+    empty = suncg_chair_dir(str(tmp_path)) / "0_empty_chair"  # sorts first, so it is in "train"
+    empty.mkdir()
+    with pytest.raises(DRNetError, match="no elevation_<e> folders") as error:
+        SuncgClips(str(tmp_path), "train", 64, 3, 5)
+    assert str(empty) in str(error.value)
