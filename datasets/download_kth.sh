@@ -1,0 +1,17 @@
+#!/bin/sh
+# Download the KTH actions dataset into DIR: sh datasets/download_kth.sh DIR
+# A thin wrapper: the download logic (resume, zip checks, safe extraction) is in kth_download.py.
+# It runs the first of $PYTHON, python, python3, so an activated virtualenv is used when there is one.
+set -eu
+if [ "$#" -ne 1 ]; then
+    echo "usage: sh datasets/download_kth.sh DIR" >&2
+    exit 2
+fi
+if [ -n "${PYTHON:-}" ]; then
+    python_exe=$PYTHON
+elif command -v python >/dev/null 2>&1; then
+    python_exe=python
+else
+    python_exe=python3
+fi
+exec "$python_exe" "$(dirname "$0")/kth_download.py" "$1"

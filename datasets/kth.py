@@ -1,0 +1,197 @@
+"""KTH actions as DRNET clips, read from the PNG frames and index written by convert_kth.py.
+
+Prepare the data once (SPEC §5)::
+
+    sh datasets/download_kth.sh DIR
+    python datasets/convert_kth.py --data_root DIR --image_size S      # S = 64 or 128
+
+Split by person (1-16 train, 17-25 test), as recorded in ``DIR/processed/<S>/index.json``. Segments
+there are 0-based half-open frame ranges ``[start, end)`` (see convert_kth.py for the file format).
+
+Sampling, per clip, each choice uniform: a class, a video of that class, one of its action segments, then
+- ``drnet_batch``: a window of ``max_step`` consecutive frames inside the segment (the whole segment
+  when it is shorter), and four frames drawn independently and uniformly from that window;
+- ``sequence_batch``: T consecutive frames inside the segment, drawn only among segments of at least
+  T frames (a class or video without one is not drawn).
+All draws use the caller's torch.Generator, so the same generator state gives the same batch.
+``sequence_batch(..., return_labels=True)`` also returns (B, 2) int64 labels with the columns of
+``LABEL_COLUMNS``: the class's index in ``KTH_CLASSES`` and the person number (1-25).
+
+Frames are decoded lazily with PIL and kept in a bounded least-recently-used cache (not thread-safe:
+one loader per process).
+"""
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from datasets.convert_kth import FRAME_FILE, IMAGE_SIZES, INDEX_FILE, processed_dir
+from datasets.kth_download import KTH_CLASSES
+from utils import DRNetError
+
+SPLITS = ("train", "test")
+LABEL_COLUMNS = ("class", "person")
+DEFAULT_CACHE_FRAMES = 8192  # 128 MiB of 128x128 grey frames
+
+
+def missing_data_error(data_root: str, image_size: int, problem: str) -> DRNetError:
+    """The one-line error for absent or half-prepared KTH data, naming both preparation commands."""
+    return DRNetError(
+        f"KTH data for image size {image_size} is missing or incomplete under {data_root} ({problem}); "
+        f"prepare it with `sh datasets/download_kth.sh {data_root}` and then "
+        f"`python datasets/convert_kth.py --data_root {data_root} --image_size {image_size}`"
+    )
+
+
+def _draw(high: int, generator: torch.Generator) -> int:
+    """A uniform integer in [0, high) from `generator`."""
+    return int(torch.randint(high, (1,), generator=generator))
+
+
+class KTHClips:
+    """KTH clips of one split: class -> video -> action segment -> frames, PNGs read lazily."""
+
+    def __init__(self, data_root: str, split: str, image_size: int, channels: int, max_step: int,
+                 cache_frames: int = DEFAULT_CACHE_FRAMES) -> None:
+        if split not in SPLITS:
+            raise DRNetError(f"unknown KTH split '{split}'; use 'train' or 'test'")
+        if channels != 1:
+            raise DRNetError(f"KTH videos are grey: channels must be 1, got {channels}")
+        if image_size not in IMAGE_SIZES:
+            raise DRNetError(f"KTH is prepared at image size 64 or 128, got {image_size}")
+        if max_step < 1 or cache_frames < 0:
+            raise DRNetError(f"max_step must be positive and cache_frames not negative, got "
+                             f"{max_step}, {cache_frames}")
+        self.channels = channels
+        self.image_size = image_size
+        self.max_step = max_step
+        self.split = split
+        self._data_root = str(data_root)
+        root = processed_dir(data_root, image_size)
+        self.videos = [video for video in self._read_index(root) if video["split"] == split]
+        if not self.videos:
+            raise missing_data_error(self._data_root, image_size, f"no {split} videos in the index")
+        self._frame_dirs = [root / video["name"] for video in self.videos]
+        for frame_dir in self._frame_dirs:
+            if not frame_dir.is_dir():
+                raise missing_data_error(self._data_root, image_size, f"{frame_dir} not found")
+        self._segments = [[tuple(segment) for segment in video["segments"]] for video in self.videos]
+        self._labels = torch.tensor(
+            [(KTH_CLASSES.index(video["class"]), video["person"]) for video in self.videos], dtype=torch.int64
+        )
+        # Computed once: every segment is eligible for drnet_batch (windows shrink to short segments).
+        self._drnet_eligible = self._eligible(1)
+        self._cache_frames = cache_frames
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+
+    def _read_index(self, root: Path) -> list[dict]:
+        """The video records of index.json, checked against the requested image size."""
+        index_path = root / INDEX_FILE
+        try:
+            index = json.loads(index_path.read_text())
+            videos = index["videos"]
+            index_size = index["image_size"]
+        except FileNotFoundError:
+            raise missing_data_error(self._data_root, self.image_size, f"{index_path} not found") from None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise missing_data_error(
+                self._data_root, self.image_size, f"{index_path} unreadable: {error!r}"
+            ) from error
+        if index_size != self.image_size:
+            raise missing_data_error(
+                self._data_root, self.image_size, f"{index_path} is for image size {index_size}"
+            )
+        return videos
+
+    @property
+    def num_videos(self) -> int:
+        """Number of videos in this split."""
+        return len(self.videos)
+
+    @staticmethod
+    def _check_batch_size(batch_size: int) -> None:
+        """Raise DRNetError unless the batch size is positive."""
+        if batch_size < 1:
+            raise DRNetError(f"batch size must be positive, got {batch_size}")
+
+    def _eligible(self, min_length: int) -> list[list[tuple[int, list[tuple[int, int]]]]]:
+        """Videos per class as (video, its segments of at least `min_length` frames), leaving out the rest."""
+        by_class: dict[str, list[tuple[int, list[tuple[int, int]]]]] = {}
+        for video, segments in enumerate(self._segments):
+            long_enough = [(start, end) for start, end in segments if end - start >= min_length]
+            if long_enough:
+                by_class.setdefault(self.videos[video]["class"], []).append((video, long_enough))
+        return [by_class[action] for action in KTH_CLASSES if action in by_class]
+
+    def _draw_segment(self, eligible: list, generator: torch.Generator) -> tuple[int, int, int]:
+        """Draw class, then video, then segment; return (video, start, end)."""
+        videos = eligible[_draw(len(eligible), generator)]
+        video, segments = videos[_draw(len(videos), generator)]
+        start, end = segments[_draw(len(segments), generator)]
+        return video, start, end
+
+    def _frame(self, video: int, index: int) -> np.ndarray:
+        """Frame `index` (0-based) of a video as uint8 (S, S), through the bounded cache."""
+        key = (video, index)
+        frame = self._cache.get(key)
+        if frame is not None:
+            self._cache.move_to_end(key)
+            return frame
+        path = self._frame_dirs[video] / FRAME_FILE.format(index)
+        try:
+            with Image.open(path) as image:
+                frame = np.array(image.convert("L"), dtype=np.uint8)
+        except FileNotFoundError:
+            raise missing_data_error(self._data_root, self.image_size, f"{path} not found") from None
+        # PIL reports broken files as OSError, and some broken PNG chunks as SyntaxError or ValueError.
+        except (OSError, SyntaxError, ValueError) as error:
+            raise DRNetError(f"cannot read KTH frame {path}: {error}") from error
+        if frame.shape != (self.image_size, self.image_size):
+            raise missing_data_error(self._data_root, self.image_size, f"{path} has shape {frame.shape}")
+        if self._cache_frames > 0:
+            self._cache[key] = frame
+            if len(self._cache) > self._cache_frames:
+                self._cache.popitem(last=False)
+        return frame
+
+    def _gather(self, videos: list[int], frames: torch.Tensor) -> torch.Tensor:
+        """Frames (N, K) of `videos` (N) as float32 (N, K, 1, S, S) in [0, 1]."""
+        pixels = np.stack([
+            np.stack([self._frame(video, int(index)) for index in row])
+            for video, row in zip(videos, frames, strict=True)
+        ])
+        return torch.from_numpy(pixels).unsqueeze(2).float().div_(255)
+
+    def drnet_batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """x_c1, x_c2, x_p1, x_p2 as (4, B, 1, S, S): four frames drawn uniformly from one clip's window."""
+        self._check_batch_size(batch_size)
+        videos, frames = [], []
+        for _ in range(batch_size):
+            video, start, end = self._draw_segment(self._drnet_eligible, generator)
+            window = min(self.max_step, end - start)
+            window_start = start + _draw(end - start - window + 1, generator)
+            videos.append(video)
+            frames.append(window_start + torch.randint(window, (4,), generator=generator))
+        return self._gather(videos, torch.stack(frames)).transpose(0, 1).contiguous()
+
+    def sequence_batch(self, batch_size: int, length: int, generator: torch.Generator,
+                       return_labels: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, 1, S, S) runs of T consecutive frames in one segment; return_labels adds (B, 2) labels."""
+        self._check_batch_size(batch_size)
+        if length < 1:
+            raise DRNetError(f"sequence length must be positive, got {length}")
+        eligible = self._eligible(length)
+        if not eligible:
+            raise DRNetError(f"no KTH {self.split} segment has {length} frames; use shorter sequences")
+        videos, frames = [], []
+        for _ in range(batch_size):
+            video, start, end = self._draw_segment(eligible, generator)
+            first = start + _draw(end - start - length + 1, generator)
+            videos.append(video)
+            frames.append(torch.arange(first, first + length))
+        sequences = self._gather(videos, torch.stack(frames))
+        return (sequences, self._labels[videos]) if return_labels else sequences
