@@ -1,0 +1,249 @@
+"""LSTM stage (SPEC §1 item 3): train the pose LSTM on a trained, frozen DRNET, and show its rollouts.
+
+Run through `main.py --use_lstm True`; the run lives in `<DRNET run directory>/lstm/`. This module holds
+the teacher-forced loss, the training loop with its checkpoints and resume, the test MSE per prediction
+step next to the copy-last-frame baseline, and the rollout pictures (PNG strip and animated GIF).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.utils import make_grid
+from tqdm import tqdm
+
+from datasets import build_dataset
+from models import DRNetPredictor, PoseLSTM
+from train import checkpoint_path, write_checkpoints
+from utils import (
+    DRNetError,
+    MetricsLog,
+    StopOnInterrupt,
+    load_checkpoint,
+    plot_curves,
+    rng_state,
+    save_image_grid,
+    set_rng_state,
+)
+
+log = logging.getLogger("drnet")
+
+LSTM_SHAPE_KEYS = ("rnn_size", "rnn_layers")  # config keys that fix the LSTM's weight shapes
+REPORT_STEPS = (1, 10, 50, 100)  # prediction steps whose test MSE is logged (those within --rollout_len)
+METRIC_CLIPS = 32  # fixed test clips for the MSE per step; enough to compare with the baseline, cheap on a CPU
+PICTURE_CLIPS = 4  # fixed test clips shown in the strips and GIFs
+STRIP_COLUMNS = 50  # at most this many generated frames per strip row: longer rollouts show every k-th
+BORDER = 2  # px of coloured frame around each picture cell
+OBSERVED, GENERATED, GROUND_TRUTH = (0.0, 0.8, 0.0), (0.9, 0.0, 0.0), (0.5, 0.5, 0.5)  # RGB frame colours
+GIF_FRAME_MS = 100
+
+
+class ClipSource(Protocol):
+    """What the LSTM stage needs of a dataset split (see datasets/__init__.py)."""
+
+    def sequence_batch(self, batch_size: int, length: int, generator: torch.Generator) -> torch.Tensor:
+        """Clips of `length` consecutive frames (B, T, C, H, W) in [0, 1]."""
+
+
+def teacher_forced_loss(lstm: PoseLSTM, h_c: torch.Tensor, h_p: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of h_p(t) predicted from [h_p(t-1), h_c] over all T-1 transitions of h_p (B, T, p)."""
+    predicted = lstm(h_c, h_p[:, :-1])
+    target = h_p[:, 1:]
+    if predicted.shape != target.shape:  # never broadcast a prediction against its target
+        raise ValueError(f"prediction {tuple(predicted.shape)} and target {tuple(target.shape)} differ")
+    return F.mse_loss(predicted, target)
+
+
+def lstm_step(model: DRNetPredictor, optimizer: torch.optim.Optimizer, clips: torch.Tensor, n_past: int) -> float:
+    """One LSTM update on clips (B, n_past + n_future, C, H, W); the DRNET only encodes. Returns the MSE."""
+    with torch.no_grad():  # the DRNET is frozen: its vectors are fixed inputs and targets
+        content = model.encode_content(clips[:, n_past - 1]).h
+        poses = model.encode_pose_sequence(clips)
+    loss = teacher_forced_loss(model.lstm, content, poses)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def freeze_drnet(model: DRNetPredictor) -> None:
+    """Only the LSTM learns; the DRNET runs in eval mode, so BatchNorm uses its trained statistics."""
+    model.requires_grad_(False)
+    model.lstm.requires_grad_(True)
+    model.eval()  # the LSTM has no layer that behaves differently in training, so eval suits all of it
+
+
+def draw_test_clips(test_set: ClipSource, count: int, length: int, fallback: int, generator: torch.Generator
+                    ) -> torch.Tensor:
+    """Fixed test clips of `length` frames, or of `fallback` frames where the dataset has none that long."""
+    try:
+        return test_set.sequence_batch(count, length, generator)
+    except DRNetError as error:  # finite datasets (KTH) hold no 500-frame clips: ground truth ends earlier
+        log.info("test clips of %d frames unavailable (%s); ground truth covers %d frames", length, error, fallback)
+        return test_set.sequence_batch(count, fallback, generator)
+
+
+def metric_columns(steps: list[int]) -> list[str]:
+    """test_metrics.csv columns: the LSTM's MSE and the copy-last-frame baseline's at each step."""
+    return [f"{name}_step{step}" for step in steps for name in ("mse", "copy_last")]
+
+
+@torch.no_grad()
+def step_mse(model: DRNetPredictor, clips: torch.Tensor, n_past: int, steps: list[int]) -> dict[str, float]:
+    """Test MSE of the frames predicted `steps` ahead of `n_past` observed ones, and of repeating the last one."""
+    predicted = model.predict(clips[:, :n_past], max(steps))
+    last_seen = clips[:, n_past - 1]
+    values = {}
+    for step in steps:
+        truth = clips[:, n_past + step - 1]
+        values[f"mse_step{step}"] = F.mse_loss(predicted[:, step - 1], truth).item()
+        values[f"copy_last_step{step}"] = F.mse_loss(last_seen, truth).item()
+    return values
+
+
+def framed(frames: torch.Tensor, colour: tuple[float, float, float]) -> torch.Tensor:
+    """Frames (N, C, H, W), grey or RGB, as RGB (N, 3, H + 2*BORDER, W + 2*BORDER) inside a coloured frame."""
+    rgb = frames.expand(-1, 3, -1, -1) if frames.shape[1] == 1 else frames
+    n, _, height, width = rgb.shape
+    cells = torch.tensor(colour, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+    cells = cells.repeat(n, 1, height + 2 * BORDER, width + 2 * BORDER)
+    cells[:, :, BORDER:-BORDER, BORDER:-BORDER] = rgb
+    return cells
+
+
+def strip_every(rollout_len: int) -> int:
+    """Show every k-th generated frame in a strip, so that a row holds at most STRIP_COLUMNS of them."""
+    return math.ceil(rollout_len / STRIP_COLUMNS)
+
+
+@torch.no_grad()
+def save_rollout(model: DRNetPredictor, clips: torch.Tensor, n_past: int, rollout_len: int, out_dir: Path,
+                 iteration: int) -> tuple[Path, Path]:
+    """Roll clips (N, T, C, H, W) out `rollout_len` frames from `n_past`; save a PNG strip and a GIF.
+
+    Each strip row pair is: observed frames (green) then generated ones (red), and under it the ground
+    truth (grey) where the clip has it. The strip shows every k-th generated frame (k in the file name).
+    """
+    generated = model.predict(clips[:, :n_past], rollout_len).cpu()
+    clips = clips.cpu()
+    every = strip_every(rollout_len)
+    shown_times = list(range(n_past)) + [n_past + step - 1 for step in range(every, rollout_len + 1, every)]
+
+    def predicted_cells(i: int, times: list[int]) -> torch.Tensor:
+        observed = [framed(clips[i, t:t + 1], OBSERVED) for t in times if t < n_past]
+        future = [framed(generated[i, t - n_past:t - n_past + 1], GENERATED) for t in times if t >= n_past]
+        return torch.cat(observed + future)
+
+    def truth_cells(i: int, times: list[int]) -> torch.Tensor:
+        # White cells past the end of the ground truth (finite datasets end before a long rollout does).
+        blank = torch.ones_like(framed(clips[i, :1], GROUND_TRUTH))
+        return torch.cat([framed(clips[i, t:t + 1], GROUND_TRUTH) if t < clips.shape[1] else blank for t in times])
+
+    rows = [cells for i in range(len(clips)) for cells in (predicted_cells(i, shown_times),
+                                                            truth_cells(i, shown_times))]
+    strip = out_dir / f"rollout_{iteration:07d}_every{every}.png"
+    save_image_grid(torch.cat(rows), strip, columns=len(shown_times))
+
+    gif_frames = []
+    for t in range(n_past + rollout_len):
+        cells = torch.cat([torch.cat([predicted_cells(i, [t]) for i in range(len(clips))]),
+                           torch.cat([truth_cells(i, [t]) for i in range(len(clips))])])
+        grid = make_grid(cells, nrow=len(clips), padding=2, pad_value=1.0)
+        gif_frames.append(Image.fromarray((grid.permute(1, 2, 0) * 255).round().byte().numpy()))
+    animation = out_dir / f"rollout_{iteration:07d}.gif"
+    gif_frames[0].save(animation, save_all=True, append_images=gif_frames[1:], duration=GIF_FRAME_MS, loop=0)
+    return strip, animation
+
+
+def build_predictor(config: dict, device: torch.device) -> tuple[DRNetPredictor, dict, dict | None]:
+    """The predictor with its DRNET loaded, the DRNET's config, and the LSTM checkpoint when resuming."""
+    resuming = config["resume_from"] is not None
+    path = Path(config["resume_from"] if resuming else config["drnet_checkpoint"])
+    checkpoint = load_checkpoint(path, map_location=device)
+    drnet_config = checkpoint["drnet_config"] if resuming else checkpoint["config"]
+    model = DRNetPredictor(drnet_config, config).to(device)
+    model.load_weights(checkpoint["model"], checkpoint["lstm"] if resuming else model.lstm.state_dict())
+    return model, drnet_config, checkpoint if resuming else None
+
+
+def train_lstm(config: dict, device: torch.device) -> DRNetPredictor:
+    """Train the pose LSTM as the resolved config says, in `config['run_dir']`; return the predictor."""
+    run_dir = Path(config["run_dir"])
+    n_past, n_future, rollout_len = config["n_past"], config["n_future"], config["rollout_len"]
+    generator = torch.Generator().manual_seed(config["seed"])
+    torch.manual_seed(config["seed"])
+    model, drnet_config, resumed = build_predictor(config, device)
+    freeze_drnet(model)
+    optimizer = torch.optim.Adam(model.lstm.parameters(), lr=config["lr"], betas=(config["beta1"], 0.999))
+    start = 0
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizers"]["lstm"])
+        set_rng_state(resumed["rng"], generator)
+        start = resumed["iteration"]
+        log.info("resumed from %s at iteration %d", config["resume_from"], start)
+    else:
+        log.info("frozen DRNET from %s", config["drnet_checkpoint"])
+    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    train_set = build_dataset(config, "train")
+    test_set = build_dataset(config, "test")
+    # Fixed test clips from their own generator, so that pictures never shift the training stream.
+    test_generator = torch.Generator().manual_seed(config["seed"] + 1)
+    wanted_steps = [step for step in REPORT_STEPS if step <= rollout_len]
+    metric_clips = draw_test_clips(test_set, METRIC_CLIPS, n_past + max(wanted_steps), n_past + n_future,
+                                   test_generator).to(device)
+    steps = [step for step in wanted_steps if n_past + step <= metric_clips.shape[1]]
+    picture_clips = draw_test_clips(test_set, PICTURE_CLIPS, n_past + rollout_len, n_past + n_future,
+                                    test_generator).to(device)
+
+    resume_from = start if start else None
+    metrics = MetricsLog(run_dir / "metrics.csv", ["mse"], resume_from=resume_from)
+    test_metrics = MetricsLog(run_dir / "test_metrics.csv", metric_columns(steps), resume_from=resume_from)
+    curves = {"pose LSTM mse (teacher forced)": [(run_dir / "metrics.csv", "mse")],
+              "test frame mse by prediction step": [(run_dir / "test_metrics.csv", c) for c in metric_columns(steps)]}
+
+    def save_everything(iteration: int) -> None:
+        state = {"kind": "lstm", "config": config, "drnet_config": drnet_config, "iteration": iteration,
+                 "model": model.drnet_state_dict(), "lstm": model.lstm.state_dict(),
+                 "optimizers": {"lstm": optimizer.state_dict()}, "rng": rng_state(generator)}
+        write_checkpoints(run_dir, state, iteration, config["keep_checkpoints"])
+        values = step_mse(model, metric_clips, n_past, steps)
+        test_metrics.append(iteration, values)
+        strip, animation = save_rollout(model, picture_clips, n_past, rollout_len, run_dir / "samples", iteration)
+        plot_curves(curves, run_dir / "loss_curves.png")
+        report = ", ".join(f"step {s} {values[f'mse_step{s}']:.5f} (copy-last {values[f'copy_last_step{s}']:.5f})"
+                           for s in steps)
+        log.info("iteration %d: test frame mse %s; %d-frame rollout in %s (1 in %d generated frames shown) and "
+                 "%s; checkpoint %s", iteration, report, rollout_len, strip.name, strip_every(rollout_len),
+                 animation.name, checkpoint_path(run_dir))
+
+    progress = tqdm(range(start + 1, config["max_iter"] + 1), initial=start, total=config["max_iter"],
+                    desc="LSTM", dynamic_ncols=True, disable=config.get("quiet", False))
+    began, done = time.perf_counter(), 0
+    with StopOnInterrupt() as interrupt, progress:
+        for iteration in progress:
+            clips = train_set.sequence_batch(config["batch_size"], n_past + n_future, generator)
+            mse = lstm_step(model, optimizer, clips.to(device, non_blocking=True), n_past)
+            if not math.isfinite(mse):
+                raise DRNetError(f"LSTM loss became {mse} at iteration {iteration}; try a lower --lr")
+            metrics.append(iteration, {"mse": mse})
+            done += 1
+            progress.set_postfix(mse=f"{mse:.5f}", refresh=False)
+            if iteration % config["save_iters"] == 0 or iteration == config["max_iter"] or interrupt.requested:
+                save_everything(iteration)
+            if interrupt.requested:
+                log.info("stopped at iteration %d; continue with --resume True --use_lstm True", iteration)
+                break
+    if done > 0:
+        log.info("trained the LSTM %d iterations in %.1f s (%.2f s/iteration)", done, time.perf_counter() - began,
+                 (time.perf_counter() - began) / done)
+    return model

@@ -1,0 +1,259 @@
+"""LSTM stage: the pose LSTM, its loss, the frozen DRNET, `predict`, and `main.py --use_lstm True` runs.
+
+One two-iteration DRNET run (module fixture) feeds every end-to-end test; settings are tiny.
+"""
+
+import hashlib
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import main
+from datasets import DATASETS, moving_mnist
+from lstm import freeze_drnet, lstm_step, teacher_forced_loss
+from models import DRNet, DRNetPredictor, PoseLSTM, load_model
+from utils import read_metrics
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One thread: on a shared, busy CPU small convolutions run several times faster than with two."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> list[str]:
+    """Flags of every run here: CPU, MNIST never downloaded (as conftest ensures per test), a scratch data root."""
+    real_load_mnist = moving_mnist.load_mnist
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(moving_mnist, "load_mnist",
+                      lambda root, split, download=True: real_load_mnist(root, split, download=False))
+        yield ["--device", "cpu", "--data_root", str(tmp_path_factory.mktemp("data"))]
+
+
+@pytest.fixture(scope="module")
+def tiny(shared) -> list[str]:
+    """Tiny LSTM-stage settings."""
+    return [*shared, "--batch_size", "4", "--n_past", "2", "--n_future", "2"]
+
+
+@pytest.fixture(scope="module")
+def drnet_dir(tmp_path_factory, shared) -> Path:
+    """A run directory holding a two-iteration DRNET run."""
+    run_dir = tmp_path_factory.mktemp("drnet")
+    main.main([*shared, "--max_iter", "2", "--batch_size", "4", "--save_iters", "2", "--save_dir", str(run_dir)])
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def lstm_dir(drnet_dir, tiny) -> tuple[Path, dict[str, str]]:
+    """The LSTM run of two iterations on top of `drnet_dir`, and digests of the DRNET files before it ran."""
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in drnet_dir.iterdir() if p.is_file()}
+    main.main(["--use_lstm", "True", "--save_dir", str(drnet_dir), "--max_iter", "2", "--save_iters", "1",
+               "--rollout_len", "12", *tiny])
+    return drnet_dir / "lstm", before
+
+
+def small_config() -> dict:
+    """The Moving MNIST architecture with small vectors, for unit tests of the networks."""
+    entry = {k: v for k, v in DATASETS["mnist"].items() if k != "loader"}
+    return {**entry, "channels": 1, "content_dim": 8, "pose_dim": 3}
+
+
+def test_pose_lstm_state_is_per_call_and_batch_size_independent():
+    torch.manual_seed(0)
+    lstm = PoseLSTM(content_dim=6, pose_dim=3, hidden=8, layers=2)
+    content, poses = torch.randn(5, 6), torch.rand(5, 7, 3) * 2 - 1
+    together = lstm(content, poses)
+    one_by_one = torch.cat([lstm(content[i:i + 1], poses[i:i + 1]) for i in range(5)])
+    torch.testing.assert_close(together, one_by_one, rtol=0, atol=1e-6)
+    torch.testing.assert_close(lstm(content, poses), together, rtol=0, atol=0)  # nothing carried over
+    assert lstm(content[:2], poses[:2, :4]).shape == (2, 4, 3)
+    assert list(lstm.buffers()) == []
+    first, state = lstm.step(content, poses[:, 0])
+    assert len(state) == 2 and state[0][0].shape == (5, 8)
+    torch.testing.assert_close(first, together[:, 0], rtol=0, atol=0)
+
+
+def test_teacher_forced_loss_equals_hand_computed_value():
+    lstm = PoseLSTM(content_dim=1, pose_dim=2, hidden=2, layers=1)
+    with torch.no_grad():
+        for parameter in lstm.parameters():
+            parameter.zero_()
+        lstm.out[0].bias.copy_(torch.atanh(torch.tensor([0.5, -0.5])))  # every prediction is (0.5, -0.5)
+    poses = torch.tensor([[[0.9, 0.9], [0.5, -0.5], [0.1, -0.1]],
+                          [[0.0, 0.0], [0.7, -0.5], [0.5, 0.5]]])
+    # Targets are poses 1 and 2 of each clip: squared errors 0, 0, .16, .16 and .04, 0, 0, 1 over 8 values.
+    loss = teacher_forced_loss(lstm, torch.zeros(2, 1), poses)
+    assert loss.item() == pytest.approx(1.36 / 8, abs=1e-6)
+
+
+def test_teacher_forced_loss_follows_the_lstm_equations():
+    torch.manual_seed(1)
+    lstm = PoseLSTM(content_dim=2, pose_dim=3, hidden=4, layers=1)
+    content, poses = torch.randn(2, 2), torch.rand(2, 4, 3) * 2 - 1
+    cell = lstm.cells[0]
+    hidden = memory = torch.zeros(2, 4)
+    squared_errors = []
+    for t in range(1, 4):  # input [h_p(t-1), h_c], target h_p(t)
+        x = lstm.embed(torch.cat([poses[:, t - 1], content], dim=1))
+        gates = x @ cell.weight_ih.T + cell.bias_ih + hidden @ cell.weight_hh.T + cell.bias_hh
+        i, f, g, o = gates.chunk(4, dim=1)
+        memory = torch.sigmoid(f) * memory + torch.sigmoid(i) * torch.tanh(g)
+        hidden = torch.sigmoid(o) * torch.tanh(memory)
+        predicted = torch.tanh(lstm.out[0](hidden))
+        squared_errors.append((predicted - poses[:, t]) ** 2)
+    expected = torch.stack(squared_errors).mean()
+    torch.testing.assert_close(teacher_forced_loss(lstm, content, poses), expected)
+
+
+def test_broadcasting_pose_shapes_are_rejected():
+    lstm = PoseLSTM(content_dim=2, pose_dim=3, hidden=4, layers=1)
+    content = torch.randn(2, 2)
+    with pytest.raises(ValueError):  # the reference's (B, p, 1, 1) targets
+        teacher_forced_loss(lstm, content, torch.rand(2, 4, 3, 1, 1))
+    with pytest.raises(ValueError):
+        lstm.step(content, torch.rand(2, 3, 1, 1))
+    with pytest.raises(ValueError):
+        lstm.step(content, torch.rand(1, 3))
+
+
+def test_no_gradient_reaches_the_frozen_drnet(monkeypatch):
+    torch.manual_seed(2)
+    model = DRNetPredictor(small_config(), {"rnn_size": 16, "rnn_layers": 1})
+    freeze_drnet(model)
+    drnet_before = {k: v.clone() for k, v in model.drnet_state_dict().items()}  # BatchNorm statistics too
+    lstm_before = {k: v.clone() for k, v in model.lstm.state_dict().items()}
+    content_inputs, encode_content = [], model.encode_content
+    monkeypatch.setattr(model, "encode_content", lambda x: content_inputs.append(x) or encode_content(x))
+    optimizer = torch.optim.Adam(model.lstm.parameters(), lr=0.01)
+    clips = torch.rand(2, 4, 1, 64, 64)
+    loss = lstm_step(model, optimizer, clips, n_past=2)
+    assert math.isfinite(loss)
+    assert len(content_inputs) == 1 and torch.equal(content_inputs[0], clips[:, 1])  # the last observed frame
+    assert not model.content_encoder.training and not model.pose_encoder.training and not model.decoder.training
+    for name, parameter in model.named_parameters():
+        assert (parameter.grad is not None) == name.startswith("lstm."), name
+    for name, value in model.drnet_state_dict().items():
+        assert torch.equal(value, drnet_before[name]), name
+    assert any(not torch.equal(v, lstm_before[k]) for k, v in model.lstm.state_dict().items())
+
+
+def test_lstm_run_writes_every_output(lstm_dir, drnet_dir):
+    run_dir, drnet_digests = lstm_dir
+    for name in ("config.json", "train.log", "metrics.csv", "test_metrics.csv", "checkpoint.pt",
+                 "checkpoints/iter_0000001.pt", "checkpoints/iter_0000002.pt", "loss_curves.png"):
+        assert (run_dir / name).is_file(), name
+    assert [r["iteration"] for r in read_metrics(run_dir / "metrics.csv")] == [1, 2]
+    assert all(math.isfinite(r["mse"]) for r in read_metrics(run_dir / "metrics.csv"))
+    test_rows = read_metrics(run_dir / "test_metrics.csv")
+    assert [r["iteration"] for r in test_rows] == [1, 2]
+    assert set(test_rows[-1]) == {"iteration", "mse_step1", "copy_last_step1", "mse_step10", "copy_last_step10"}
+    assert all(math.isfinite(v) for v in test_rows[-1].values())
+    log_text = (run_dir / "train.log").read_text()
+    assert "step 10" in log_text and "copy-last" in log_text
+    # Strip: 4 clips x (generated row + ground-truth row), n_past + 12 cells of 64 + 2*2 px, 2 px padding.
+    with Image.open(run_dir / "samples" / "rollout_0000002_every1.png") as strip:
+        assert strip.size == (14 * 70 + 2, 8 * 70 + 2)
+    with Image.open(run_dir / "samples" / "rollout_0000002.gif") as animation:
+        assert animation.n_frames == 2 + 12
+        animation.seek(0)
+        first = animation.convert("RGB")
+        animation.seek(13)
+        last = animation.convert("RGB")
+    assert first.getpixel((3, 3))[1] > 150 and first.getpixel((3, 3))[0] < 100  # observed: framed green
+    assert last.getpixel((3, 3))[0] > 150 and last.getpixel((3, 3))[1] < 100  # generated: framed red
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in drnet_dir.iterdir() if p.is_file()}
+    assert after == drnet_digests  # the DRNET run directory is left as it was
+
+
+def test_lstm_checkpoint_is_self_contained_and_loads_as_a_predictor(lstm_dir, drnet_dir):
+    checkpoint = torch.load(lstm_dir[0] / "checkpoint.pt", weights_only=True)
+    drnet = torch.load(drnet_dir / "checkpoint.pt", weights_only=True)
+    assert checkpoint["kind"] == "lstm" and checkpoint["iteration"] == 2
+    assert checkpoint["drnet_config"] == drnet["config"]
+    assert checkpoint["config"]["n_past"] == 2 and checkpoint["config"]["rnn_size"] == 256
+    assert checkpoint["config"]["lr"] == 0.0002 and checkpoint["config"]["rollout_len"] == 12
+    assert checkpoint["model"].keys() == drnet["model"].keys()
+    assert all(torch.equal(v, drnet["model"][k]) for k, v in checkpoint["model"].items())  # frozen
+    assert set(checkpoint["optimizers"]) == {"lstm"} and "rng" in checkpoint
+    model = load_model(lstm_dir[0] / "checkpoint.pt")
+    assert isinstance(model, DRNetPredictor) and not model.training
+    plain = load_model(drnet_dir / "checkpoint.pt")
+    assert type(plain) is DRNet
+
+
+def test_predict_shapes_and_determinism(lstm_dir):
+    model = load_model(lstm_dir[0] / "checkpoint.pt")
+    past = torch.rand(3, 3, 3, 64, 64)
+    one = model.predict(past[:1], 1)
+    assert one.shape == (1, 1, 3, 64, 64)
+    long = model.predict(past[:1], 600)  # batch 1, not the training batch of 4
+    assert long.shape == (1, 600, 3, 64, 64)
+    assert long.min() >= 0 and long.max() <= 1
+    assert torch.equal(long[:, :1], one)
+    assert torch.equal(model.predict(past[:1], 20), long[:, :20])
+    torch.testing.assert_close(model.predict(past, 20)[:1], long[:, :20], rtol=0, atol=1e-5)
+    assert model.predict(past[:, :1], 2).shape == (3, 2, 3, 64, 64)  # a single observed frame
+
+
+def test_lstm_defaults_and_lr_flag(drnet_dir, shared, tmp_path):
+    common = ["--use_lstm", "True", "--drnet_checkpoint", str(drnet_dir / "checkpoint.pt"), *shared]
+    config = main.resolve_config(main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "a")]))
+    assert {k: config[k] for k in main.LSTM_DEFAULTS} == {"lr": 0.0002, "beta1": 0.9, "n_past": 10, "n_future": 10,
+                                                          "rnn_size": 256, "rnn_layers": 2, "rollout_len": 500}
+    assert config["run_dir"] == str(tmp_path / "a" / "lstm")
+    config = main.resolve_config(main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "b"),
+                                                                 "--lr", "0.001"]))
+    assert config["lr"] == 0.001
+
+
+def test_resume_equals_one_uninterrupted_run(drnet_dir, tiny, tmp_path):
+    common = ["--use_lstm", "True", "--drnet_checkpoint", str(drnet_dir / "checkpoint.pt"), "--rollout_len", "3",
+              "--save_iters", "2", *tiny]
+    main.main([*common, "--save_dir", str(tmp_path / "whole"), "--max_iter", "2"])
+    main.main([*common, "--save_dir", str(tmp_path / "parts"), "--max_iter", "1"])
+    main.main([*common, "--save_dir", str(tmp_path / "parts"), "--max_iter", "2", "--resume", "True"])
+    whole = torch.load(tmp_path / "whole" / "lstm" / "checkpoint.pt", weights_only=True)
+    parts = torch.load(tmp_path / "parts" / "lstm" / "checkpoint.pt", weights_only=True)
+    assert whole["iteration"] == parts["iteration"] == 2
+    for key in ("lstm", "model"):
+        assert all(torch.equal(v, parts[key][k]) for k, v in whole[key].items()), key
+    whole_adam, parts_adam = whole["optimizers"]["lstm"]["state"], parts["optimizers"]["lstm"]["state"]
+    assert all(torch.equal(whole_adam[i]["exp_avg"], parts_adam[i]["exp_avg"]) for i in whole_adam)
+    assert (read_metrics(tmp_path / "whole" / "lstm" / "metrics.csv")
+            == read_metrics(tmp_path / "parts" / "lstm" / "metrics.csv"))
+
+
+@pytest.mark.parametrize("case", ["no_drnet", "image_size", "dataset", "n_past"])
+def test_errors_are_one_line(case, drnet_dir, tiny, tmp_path, capsys):
+    checkpoint = drnet_dir / "checkpoint.pt"
+    argv = ["--use_lstm", "True", "--save_dir", str(tmp_path / "run"), *tiny]
+    if case == "no_drnet":
+        expected = f"no trained DRNET at {tmp_path / 'run' / 'checkpoint.pt'}: train one first with " \
+                   f"`python main.py --dataset mnist --save_dir {tmp_path / 'run'}`"
+    elif case == "image_size":
+        argv += ["--drnet_checkpoint", str(checkpoint), "--image_width", "128"]
+        expected = "image_width=64 (asked: 128)"
+    elif case == "dataset":
+        other = torch.load(checkpoint, weights_only=True)
+        other["config"]["dataset"] = "norb"
+        torch.save(other, tmp_path / "norb.pt")
+        argv += ["--drnet_checkpoint", str(tmp_path / "norb.pt")]
+        expected = "dataset='norb' (asked: 'mnist')"
+    else:
+        argv += ["--drnet_checkpoint", str(checkpoint), "--n_past", "0"]
+        expected = "--n_past must be at least 1, got 0"
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(argv)
+    assert exit_info.value.code != 0
+    captured = capsys.readouterr()
+    output = (captured.out + captured.err).strip()
+    assert expected in output and len(output.splitlines()) == 1
+    assert not (tmp_path / "run" / "lstm" / "checkpoint.pt").exists()
