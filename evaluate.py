@@ -24,6 +24,9 @@ eval_clips, eval_steps), a `skipped` map (part -> why it did not run) and one se
   the digits' top-left corners from pose (at t, should be high) and from content (at frame 0, should
   be low). Datasets with clip labels (KTH, NORB, SUNCG) have identities (persons, objects) that exist
   in one split only, so their probes are fitted and scored on disjoint halves of the test clips.
+  smallNORB adds the paper's Table 1 protocol (recalled; the paper's classifier may not have been linear):
+  `category_new_instances_*`, the category (5 classes) of single images, fitted on train-split images
+  and scored on test-split images, whose toys are other instances; content should score high, pose low.
 - prediction (pose LSTM): per-step lists mse, psnr, ssim and copy_last_mse, copy_last_psnr,
   copy_last_ssim (the last observed frame repeated) for future steps 1..eval_steps from n_past frames.
 """
@@ -49,6 +52,7 @@ from sklearn.preprocessing import StandardScaler
 
 from datasets import build_dataset
 from datasets.moving_mnist import Clips, MovingMNIST
+from datasets.norb import LABEL_COLUMNS as NORB_LABEL_COLUMNS
 from metrics import mse, per_step, psnr, ssim
 from models import DRNet, DRNetPredictor, SceneDiscriminator, load_model
 from train import discriminator_pairs
@@ -280,6 +284,20 @@ def probe_metrics(fit: ProbeData, score: ProbeData) -> dict[str, float]:
     return results
 
 
+@torch.no_grad()
+def norb_category_probe(model: DRNet, train_set: Loader, test_set: Loader, n_images: int,
+                        generator: torch.Generator, device: torch.device) -> dict[str, float]:
+    """Category of single smallNORB images from content and from pose: fitted on train, scored on test toys."""
+    fit_and_score = []
+    for dataset in (train_set, test_set):
+        frames, labels = dataset.sequence_batch(n_images, 1, generator, return_labels=True)
+        images = frames[:, 0]
+        category = labels[:, NORB_LABEL_COLUMNS.index("category")]
+        fit_and_score.append(ProbeData(content_vectors(model, images, device), pose_vectors(model, images, device),
+                                       {"category_new_instances": category}, None, None))
+    return probe_metrics(*fit_and_score)
+
+
 def probe_sets(model: DRNet, train_set: Loader, test_set: Loader, n_clips: int, max_step: int,
                generator: torch.Generator, device: torch.device) -> tuple[ProbeData, ProbeData] | None:
     """(fit, score) features for the probes, or None when the dataset has no labels to probe."""
@@ -396,9 +414,13 @@ def evaluate(checkpoint: str | Path, overrides: dict, device: torch.device) -> d
         results["skipped"]["swap"] = f"no ground-truth swaps for {config['dataset']}"
     train_frames = train_set.drnet_batch(n_clips, seeded(seed, "train_frames"))
     results["leakage"] = leakage_metrics(model, test_frames, train_frames, seed, device)
-    probes = probe_sets(model, train_set, test_set, n_clips, config["max_step"], seeded(seed, "probes"), device)
+    probes_generator = seeded(seed, "probes")
+    probes = probe_sets(model, train_set, test_set, n_clips, config["max_step"], probes_generator, device)
     if probes is not None:
         results["probes"] = probe_metrics(*probes)
+        if config["dataset"] == "norb":  # part of the probes: its draws follow theirs on the same stream
+            results["probes"].update(norb_category_probe(model, train_set, test_set, n_clips, probes_generator,
+                                                         device))
     else:
         results["skipped"]["probes"] = f"the {config['dataset']} loader gives no labels"
     if hasattr(model, "predict"):

@@ -21,6 +21,7 @@ from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from datasets import build_dataset
+from datasets.prefetch import BatchStream
 from models import DRNetPredictor, PoseLSTM
 from train import checkpoint_path, write_checkpoints
 from utils import (
@@ -211,10 +212,10 @@ def train_lstm(config: dict, device: torch.device) -> DRNetPredictor:
     curves = {"pose LSTM mse (teacher forced)": [(run_dir / "metrics.csv", "mse")],
               "test frame mse by prediction step": [(run_dir / "test_metrics.csv", c) for c in metric_columns(steps)]}
 
-    def save_everything(iteration: int) -> None:
+    def save_everything(iteration: int, data_state: torch.Tensor) -> None:
         state = {"kind": "lstm", "config": config, "drnet_config": drnet_config, "iteration": iteration,
                  "model": model.drnet_state_dict(), "lstm": model.lstm.state_dict(),
-                 "optimizers": {"lstm": optimizer.state_dict()}, "rng": rng_state(generator)}
+                 "optimizers": {"lstm": optimizer.state_dict()}, "rng": rng_state(data_state)}
         write_checkpoints(run_dir, state, iteration, config["keep_checkpoints"])
         values = step_mse(model, metric_clips, n_past, steps)
         test_metrics.append(iteration, values)
@@ -229,9 +230,11 @@ def train_lstm(config: dict, device: torch.device) -> DRNetPredictor:
     progress = tqdm(range(start + 1, config["max_iter"] + 1), initial=start, total=config["max_iter"],
                     desc="LSTM", dynamic_ncols=True, disable=config.get("quiet", False))
     began, done = time.perf_counter(), 0
-    with StopOnInterrupt() as interrupt, progress:
+    batches = BatchStream(lambda g: train_set.sequence_batch(config["batch_size"], n_past + n_future, g),
+                          generator, config["data_threads"])
+    with StopOnInterrupt() as interrupt, progress, batches:
         for iteration in progress:
-            clips = train_set.sequence_batch(config["batch_size"], n_past + n_future, generator)
+            clips, data_state = next(batches)
             mse = lstm_step(model, optimizer, clips.to(device, non_blocking=True), n_past)
             if not math.isfinite(mse):
                 raise DRNetError(f"LSTM loss became {mse} at iteration {iteration}; try a lower --lr")
@@ -239,7 +242,7 @@ def train_lstm(config: dict, device: torch.device) -> DRNetPredictor:
             done += 1
             progress.set_postfix(mse=f"{mse:.5f}", refresh=False)
             if iteration % config["save_iters"] == 0 or iteration == config["max_iter"] or interrupt.requested:
-                save_everything(iteration)
+                save_everything(iteration, data_state)
             if interrupt.requested:
                 log.info("stopped at iteration %d; continue with --resume True --use_lstm True", iteration)
                 break

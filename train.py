@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from datasets import build_dataset
+from datasets.prefetch import BatchStream
 from models import Content, DRNet, architecture_keys
 from utils import (
     DRNetError,
@@ -161,11 +162,11 @@ def check_architecture(checkpoint: dict, config: dict, path: Path, keys: tuple[s
 
 
 def save_run_state(run_dir: Path, model: DRNet, optimizers: dict, config: dict, iteration: int,
-                   generator: torch.Generator, keep: int) -> None:
-    """Write the DRNET checkpoint of `iteration` (see `write_checkpoints`)."""
+                   data_state: torch.Tensor, keep: int) -> None:
+    """Write the DRNET checkpoint of `iteration`, whose next batch `data_state` draws (see `write_checkpoints`)."""
     state = {"kind": "drnet", "config": config, "iteration": iteration, "model": model.state_dict(),
              "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
-             "rng": rng_state(generator)}
+             "rng": rng_state(data_state)}
     write_checkpoints(run_dir, state, iteration, keep)
 
 
@@ -185,6 +186,9 @@ def write_checkpoints(run_dir: Path, state: dict, iteration: int, keep: int) -> 
 def train_drnet(config: dict, device: torch.device) -> DRNet:
     """Train DRNET as the resolved config says, in `config['run_dir']`; return the trained model."""
     run_dir = Path(config["run_dir"])
+    # The data first: missing or broken files are reported before a network is built or a file written.
+    train_set = build_dataset(config, "train")
+    test_set = build_dataset(config, "test")
     generator = torch.Generator().manual_seed(config["seed"])
     torch.manual_seed(config["seed"])
     model = DRNet(config).to(device)
@@ -203,8 +207,6 @@ def train_drnet(config: dict, device: torch.device) -> DRNet:
     (run_dir / "samples").mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
-    train_set = build_dataset(config, "train")
-    test_set = build_dataset(config, "test")
     # Fixed test clips, drawn from their own generator so that pictures never shift the training stream.
     test_generator = torch.Generator().manual_seed(config["seed"] + 1)
     test_frames = test_set.drnet_batch(TEST_CLIPS, test_generator).to(device)
@@ -218,8 +220,8 @@ def train_drnet(config: dict, device: torch.device) -> DRNet:
               "scene discriminator loss": [(run_dir / "metrics.csv", "disc_loss"), (run_dir / "metrics.csv", "adv")],
               "scene discriminator accuracy": [(run_dir / "metrics.csv", "disc_acc")]}
 
-    def save_everything(iteration: int) -> None:
-        save_run_state(run_dir, model, optimizers, config, iteration, generator, config["keep_checkpoints"])
+    def save_everything(iteration: int, data_state: torch.Tensor) -> None:
+        save_run_state(run_dir, model, optimizers, config, iteration, data_state, config["keep_checkpoints"])
         test_mse = test_pictures(model, test_frames, test_clips, run_dir / "samples", iteration)
         test_metrics.append(iteration, {"test_rec_mse": test_mse})
         plot_curves(curves, run_dir / "loss_curves.png")
@@ -230,10 +232,15 @@ def train_drnet(config: dict, device: torch.device) -> DRNet:
     progress = tqdm(range(start + 1, config["max_iter"] + 1), initial=start, total=config["max_iter"],
                     desc="DRNET", dynamic_ncols=True, disable=config.get("quiet", False))
     began, done = time.perf_counter(), 0
-    with StopOnInterrupt() as interrupt, progress:
+    # `generator` draws the batches only (possibly ahead, on the loader thread); the discriminator's pairs
+    # come from torch's global generator, which checkpoints save as well.
+    batches = BatchStream(lambda g: train_set.drnet_batch(config["batch_size"], g), generator,
+                          config["data_threads"])
+    with StopOnInterrupt() as interrupt, progress, batches:
         for iteration in progress:
-            frames = train_set.drnet_batch(config["batch_size"], generator).to(device, non_blocking=True)
-            values = train_step(model, optimizers, frames, config["alpha"], config["beta"], generator)
+            frames, data_state = next(batches)
+            frames = frames.to(device, non_blocking=True)
+            values = train_step(model, optimizers, frames, config["alpha"], config["beta"], torch.default_generator)
             if not all(math.isfinite(v) for v in values.values()):
                 raise DRNetError(f"loss became {values} at iteration {iteration}; try a lower --lr")
             metrics.append(iteration, values)
@@ -241,7 +248,7 @@ def train_drnet(config: dict, device: torch.device) -> DRNet:
             progress.set_postfix(rec=f"{values['rec']:.4f}", sim=f"{values['sim']:.4f}",
                                  disc_acc=f"{values['disc_acc']:.2f}", refresh=False)
             if iteration % config["save_iters"] == 0 or iteration == config["max_iter"] or interrupt.requested:
-                save_everything(iteration)
+                save_everything(iteration, data_state)
             if interrupt.requested:
                 log.info("stopped at iteration %d; continue with --resume True", iteration)
                 break

@@ -51,9 +51,9 @@ def resolve_device(name: str = "auto", gpu: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def rng_state(generator: torch.Generator) -> dict:
-    """Every random state a run depends on: the data generator, torch's CPU and CUDA generators."""
-    state = {"data": generator.get_state(), "torch": torch.get_rng_state()}
+def rng_state(data_state: torch.Tensor) -> dict:
+    """Every random state a run depends on: the data generator's before the next batch, torch's CPU and CUDA."""
+    state = {"data": data_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

@@ -3,6 +3,7 @@
 Files (SPEC §5), under `DATA_ROOT/norb/`, each plain or gzipped (`.gz`, as distributed at `NORB_URL`):
     smallnorb-5x46789x9x18x6x2x96x96-training-{dat,cat,info}.mat   -> split "train" (instances 4,6,7,8,9)
     smallnorb-5x01235x9x18x6x2x96x96-testing-{dat,cat,info}.mat    -> split "test"  (instances 0,1,2,3,5)
+Download them with `python -m datasets.norb --download DATA_ROOT` (from the repository root).
 `dat` holds (24300, 2, 96, 96) uint8 stereo pairs, `cat` the category (0-4) of each pair and `info` its
 (instance, elevation 0-8, azimuth 0,2,..,34, lighting 0-5).
 
@@ -24,11 +25,13 @@ Labels for evaluation: `clip_labels()` is a (num_clips, 4) int64 tensor with the
 also returns the label rows of the clips it drew, and `clip_sequence` gives any clip's frames.
 """
 
+import argparse
 import gzip
 import http.client
 import math
 import shutil
 import struct
+import sys
 import urllib.request
 import zlib
 from pathlib import Path
@@ -102,14 +105,15 @@ def read_norb_matrix(path: str | Path, expected_magic: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, count=count, offset=header_bytes).reshape(dims)
 
 
-def _find_norb_file(directory: Path, name: str) -> Path:
-    """The plain or gzipped copy of `name` in `directory`; a clear error when there is neither."""
+def _find_norb_file(data_root: str, name: str) -> Path:
+    """The plain or gzipped copy of `name` in `DATA_ROOT/norb/`; a clear error when there is neither."""
+    directory = norb_dir(data_root)
     for candidate in (directory / name, directory / f"{name}.gz"):
         if candidate.is_file():
             return candidate
-    raise DRNetError(f"smallNORB file {name} (or {name}.gz) not found in {directory}: download the six "
-                     f"smallnorb-*.mat.gz files from {NORB_URL} into that folder "
-                     "(datasets.norb.download_norb(data_root) does it)")
+    raise DRNetError(f"smallNORB file {name} (or {name}.gz) not found in {directory}: download the files with "
+                     f"`python -m datasets.norb --download {data_root}`, or by hand: the six smallnorb-*.mat.gz "
+                     f"files from {NORB_URL} into that folder")
 
 
 def download_norb(data_root: str, timeout: float = 30.0) -> Path:
@@ -176,8 +180,7 @@ def _resize_images(dat: np.ndarray, rows: np.ndarray, image_size: int) -> torch.
 
 def load_norb_split(data_root: str, split: str, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One split as (frames (num_clips, 18, S, S) uint8 in azimuth order, labels (num_clips, 4) int64)."""
-    directory = norb_dir(data_root)
-    paths = {kind: _find_norb_file(directory, name) for kind, name in norb_file_names(split).items()}
+    paths = {kind: _find_norb_file(data_root, name) for kind, name in norb_file_names(split).items()}
     dat = read_norb_matrix(paths["dat"], MAGIC_UINT8)
     categories = read_norb_matrix(paths["cat"], MAGIC_INT32)
     info = read_norb_matrix(paths["info"], MAGIC_INT32)
@@ -250,3 +253,23 @@ class NorbClips:
         views = (starts[:, None] + torch.arange(length)) % self.clip_length
         frames = self._as_float(self._frames[clips[:, None], views])
         return (frames, self._labels[clips]) if return_labels else frames
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line `python -m datasets.norb --download DATA_ROOT`; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m datasets.norb", description="Download the six smallNORB "
+                                     f"files (gzipped, read as they are) from {NORB_URL}; files present are kept.")
+    parser.add_argument("--download", metavar="DATA_ROOT", required=True,
+                        help="the --data_root of training: the files go to DATA_ROOT/norb/")
+    args = parser.parse_args(argv)
+    try:
+        directory = download_norb(args.download)
+    except DRNetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"smallNORB files complete in {directory}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,8 +3,18 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from datasets import moving_mnist
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """One torch thread: the tests run tiny batches, where a second thread costs more than it brings."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(autouse=True)

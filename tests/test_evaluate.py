@@ -131,6 +131,43 @@ def test_clip_labels_are_probed_on_disjoint_halves_of_the_test_clips() -> None:
     assert results["label_0_from_content"] == 1.0 and results["label_0_from_pose"] < 0.75
 
 
+class CategoryImages:
+    """A smallNORB-like stand-in: channels 0-4 one-hot the image's category (shifted by `shift`), channel 5 noise."""
+
+    def __init__(self, shift: int) -> None:
+        self.shift = shift
+
+    def sequence_batch(self, batch_size: int, length: int, generator: torch.Generator,
+                       return_labels: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.randint(5, (batch_size, 4), generator=generator)  # columns as NORB's LABEL_COLUMNS
+        frames = torch.zeros(batch_size, length, 6, 4, 4)
+        frames[:, :, :5] = torch.nn.functional.one_hot((labels[:, 0] + self.shift) % 5, 5)[:, None, :, None, None]
+        frames[:, :, 5] = torch.rand(batch_size, length, 1, 1, generator=generator)
+        return frames, labels
+
+
+class SplitChannelEncoders:
+    """Stand-in encoders: the content is channels 0-4 of a frame, the pose channel 5."""
+
+    def encode_content(self, x: torch.Tensor) -> Content:
+        return Content(x[:, :5].mean(dim=(2, 3)), [])
+
+    def encode_pose(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 5:].mean(dim=(2, 3))
+
+
+def test_norb_category_probe_is_fitted_on_train_and_scored_on_test_images() -> None:
+    results = evaluate.norb_category_probe(SplitChannelEncoders(), CategoryImages(0), CategoryImages(0), 200,
+                                           torch.Generator().manual_seed(0), CPU)
+    assert set(results) == {f"category_new_instances_{what}" for what in ("from_content", "from_pose", "chance")}
+    assert results["category_new_instances_from_content"] == 1.0
+    assert results["category_new_instances_from_pose"] < 0.4 and results["category_new_instances_chance"] < 0.4
+    # Test images whose content says another category: a probe fitted on them would score 1.0.
+    shifted = evaluate.norb_category_probe(SplitChannelEncoders(), CategoryImages(0), CategoryImages(1), 200,
+                                           torch.Generator().manual_seed(0), CPU)
+    assert shifted["category_new_instances_from_content"] == 0.0
+
+
 class InkCorners:
     """Stand-in encoders: the first inked row and column of each colour channel, i.e. each digit's corner."""
 

@@ -1,26 +1,22 @@
-"""KTH preparation and loading on a tiny synthetic KTH: download (faked server), conversion, sampling.
+"""KTH conversion and loading on the tiny synthetic KTH of kth_fakes.py (the download: test_kth_download.py).
 
-The fake videos encode what each frame is in its pixels: the left half has grey level 8 * (frame + 1)
-(frame counted from 0), the right half a level that identifies the video. So tests can tell from a
-loaded batch which video and frame every image came from.
+The fake frames say in their pixels which video and frame they are (see kth_fakes.py), so the tests
+below can tell from a loaded batch where every image came from.
 """
 
-import io
 import json
 import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
-from urllib.error import HTTPError, URLError
 
-import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
+from kth_fakes import FAKE_VIDEOS, write_fake_raw
 from PIL import Image
 
-from datasets import convert_kth, kth_download
+from datasets import convert_kth
 from datasets.convert_kth import convert_kth as run_conversion
 from datasets.convert_kth import parse_sequence_file, zero_based_segments
 from datasets.kth import KTHClips
@@ -28,31 +24,7 @@ from utils import DRNetError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SIZE = 64
-# name -> (frames in the AVI, grey level of its right half)
-FAKE_VIDEOS = {
-    "person01_boxing_d1": (30, 40),
-    "person02_walking_d2": (24, 80),
-    "person17_walking_d2": (30, 120),
-    "person18_boxing_d3": (20, 160),
-    "person03_jogging_d1": (10, 200),  # has no entry in the sequence file
-    "person16_boxing_d4": (12, 240),
-}
 VIDEO_BY_LEVEL = {level: name for name, (_, level) in FAKE_VIDEOS.items()}
-# The kinds of irregularity the real file has: a header, an entry broken over two lines (whose last range
-# runs past the video's 24 frames), a typo, a video marked missing, and the file's own split declaration.
-SEQUENCES = (
-    "Action sequences of the KTH dataset\n"
-    "\n"
-    "person01_boxing_d1\t\tframes\t1-10, 11-20, 21-30\n"
-    "person02_walking_d2\t\tframes\t1-12,\n"
-    "\t\t13-30\n"
-    "person17_walking_d2\t\tframes\t1-6, 7-30\n"
-    "person18_boxing_d3\t\tframes\t5-20\n"
-    "person16_boxing_d4\t\tframes\t1-12\n"
-    "person04_running_d4\t\tframes\t1-x\n"
-    "person13_handclapping_d3\t\t*missing*\n"
-    "Training:\tperson11, person12\n"
-)
 EXPECTED_SEGMENTS = {
     "person01_boxing_d1": [[0, 10], [10, 20], [20, 30]],
     "person02_walking_d2": [[0, 12], [12, 24]],
@@ -62,29 +34,11 @@ EXPECTED_SEGMENTS = {
 }
 
 
-def write_fake_avi(path: Path, num_frames: int, video_level: int) -> None:
-    """A 160x120 grey 25 fps MJPEG AVI whose pixels say which video and frame they belong to."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = imageio_ffmpeg.write_frames(
-        str(path), (160, 120), pix_fmt_in="gray", pix_fmt_out="yuvj444p", fps=25, codec="mjpeg",
-        quality=10, macro_block_size=1, ffmpeg_log_level="error",
-    )
-    writer.send(None)
-    for frame in range(num_frames):
-        pixels = np.full((120, 160), video_level, dtype=np.uint8)
-        pixels[:, :80] = 8 * (frame + 1)
-        writer.send(pixels.tobytes())
-    writer.close()
-
-
 @pytest.fixture(scope="module")
 def fake_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data root with raw/<class>/*.avi and raw/00sequences.txt, written once per module."""
     root = tmp_path_factory.mktemp("kth_raw")
-    for name, (num_frames, level) in FAKE_VIDEOS.items():
-        action = name.split("_")[1]
-        write_fake_avi(root / "raw" / action / f"{name}_uncomp.avi", num_frames, level)
-    (root / "raw" / "00sequences.txt").write_text(SEQUENCES)
+    write_fake_raw(root)
     return root
 
 
@@ -293,149 +247,3 @@ def test_loader_rejects_colour_and_unknown_split(converted: Path) -> None:
 
 
 # ---- download ----
-
-URL = "http://example.invalid/file.bin"
-
-
-class FakeResponse(io.BytesIO):
-    """What urlopen returns, serving bytes from memory; the connection drops after `drop_after` bytes."""
-
-    def __init__(self, body: bytes, status: int, drop_after: int | None) -> None:
-        super().__init__(body)
-        self.status = status
-        self.headers = {"Content-Length": str(len(body))}
-        self._end = len(body) if drop_after is None else drop_after
-
-    def read(self, size: int = -1) -> bytes:
-        if self.tell() >= self._end < len(self.getbuffer()):
-            raise ConnectionResetError("connection reset by peer")
-        return super().read(min(size, self._end - self.tell()))
-
-
-class FakeServer:
-    """A stand-in for urllib's urlopen over a dict of url -> bytes, honouring Range unless told not to."""
-
-    def __init__(self, files: dict[str, bytes], honour_range: bool = True) -> None:
-        self.files = files
-        self.honour_range = honour_range
-        self.drop_after: int | None = None
-        self.requests: list[tuple[str, str | None]] = []
-
-    def __call__(self, request, timeout: float) -> FakeResponse:
-        assert timeout > 0
-        range_header = request.get_header("Range")
-        self.requests.append((request.full_url, range_header))
-        body = self.files[request.full_url]
-        drop_after, self.drop_after = self.drop_after, None
-        if not (range_header and self.honour_range):
-            return FakeResponse(body, 200, drop_after)
-        offset = int(range_header.removeprefix("bytes=").removesuffix("-"))
-        if offset >= len(body):
-            raise HTTPError(request.full_url, 416, "Range Not Satisfiable",
-                            {"Content-Range": f"bytes */{len(body)}"}, None)
-        return FakeResponse(body[offset:], 206, drop_after)
-
-
-def zip_bytes(members: dict[str, bytes]) -> bytes:
-    """A stored (uncompressed) zip holding `members`, names kept exactly as given."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for name, data in members.items():
-            archive.writestr(zipfile.ZipInfo(name), data)
-    return buffer.getvalue()
-
-
-def test_download_offline_fails_with_one_clear_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    def unreachable(request, timeout: float) -> None:
-        raise URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(kth_download, "urlopen", unreachable)
-    assert kth_download.main([str(tmp_path)]) == 1
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1
-    assert error.startswith("error: cannot download http://www.csc.kth.se/cvap/actions/00sequences.txt")
-    assert "Temporary failure in name resolution" in error
-
-
-def test_download_resumes_a_partial_file_then_skips_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    payload = bytes(range(256)) * 400
-    server = FakeServer({URL: payload})
-    monkeypatch.setattr(kth_download, "urlopen", server)
-    destination = tmp_path / "file.bin"
-    server.drop_after = 30000
-    with pytest.raises(DRNetError, match="interrupted after 30000 bytes.*rerun to resume"):
-        kth_download.download_file(URL, destination)
-    assert not destination.exists()
-    assert (tmp_path / "file.bin.part").read_bytes() == payload[:30000]
-
-    kth_download.download_file(URL, destination)
-    assert server.requests[-1] == (URL, "bytes=30000-")
-    assert destination.read_bytes() == payload
-    assert not (tmp_path / "file.bin.part").exists()
-
-    kth_download.download_file(URL, destination)
-    assert len(server.requests) == 2
-
-
-@pytest.mark.parametrize(("part", "honour_range"), [(b"stale", False), (b"0123456789" * 100, True)])
-def test_download_finishes_from_an_unresumable_or_whole_part(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, part: bytes, honour_range: bool
-) -> None:
-    monkeypatch.setattr(kth_download, "urlopen", FakeServer({URL: b"0123456789" * 100}, honour_range))
-    (tmp_path / "file.bin.part").write_bytes(part)
-    kth_download.download_file(URL, tmp_path / "file.bin")
-    assert (tmp_path / "file.bin").read_bytes() == b"0123456789" * 100
-
-
-def test_download_kth_extracts_every_class_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    files = {kth_download.KTH_URL + "00sequences.txt": SEQUENCES.encode()}
-    for action in kth_download.KTH_CLASSES:
-        avi_name = f"person01_{action}_d1_uncomp.avi"
-        files[kth_download.KTH_URL + f"{action}.zip"] = zip_bytes({avi_name: b"avi"})
-    server = FakeServer(files)
-    monkeypatch.setattr(kth_download, "urlopen", server)
-    kth_download.download_kth(tmp_path)
-    raw = tmp_path / "raw"
-    assert (raw / "00sequences.txt").read_text() == SEQUENCES
-    for action in kth_download.KTH_CLASSES:
-        assert (raw / action / f"person01_{action}_d1_uncomp.avi").read_bytes() == b"avi"
-    assert len(server.requests) == 7
-    # The zips may be deleted once extracted: a rerun must neither fetch nor extract anything again.
-    for archive in raw.glob("*.zip"):
-        archive.unlink()
-    kth_download.download_kth(tmp_path)
-    assert len(server.requests) == 7
-
-
-@pytest.mark.parametrize(
-    ("member", "reason"), [("../evil.avi", "contains '..'"), ("/tmp/evil.avi", "has an absolute path")]
-)
-def test_extraction_refuses_members_outside_the_target(tmp_path: Path, member: str, reason: str) -> None:
-    archive = tmp_path / "boxing.zip"
-    archive.write_bytes(zip_bytes({"fine.avi": b"ok", member: b"evil"}))
-    target = tmp_path / "data" / "raw" / "boxing"
-    with pytest.raises(DRNetError, match=f"member '{member}' {reason}"):
-        kth_download.extract_zip(archive, target)
-    assert not (target / "fine.avi").exists()
-    assert not (target / kth_download.EXTRACTED_MARKER).exists()
-    assert not (tmp_path / "data" / "raw" / "evil.avi").exists()
-
-
-def test_extraction_refuses_corrupt_zips(tmp_path: Path) -> None:
-    archive = tmp_path / "boxing.zip"
-    archive.write_bytes(zip_bytes({"a.avi": b"original data"}).replace(b"original", b"tampered"))
-    with pytest.raises(DRNetError, match="corrupt \\(bad CRC in a.avi\\)"):
-        kth_download.extract_zip(archive, tmp_path / "boxing")
-    archive.write_bytes(b"not a zip at all")
-    with pytest.raises(DRNetError, match="not a valid zip"):
-        kth_download.extract_zip(archive, tmp_path / "boxing")
-
-
-def test_download_script_prints_usage_without_a_folder() -> None:
-    result = subprocess.run(["sh", "datasets/download_kth.sh"], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 2 and "usage: sh datasets/download_kth.sh DIR" in result.stderr

@@ -18,15 +18,6 @@ from models import DRNet, DRNetPredictor, PoseLSTM, load_model
 from utils import read_metrics
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread: on a shared, busy CPU small convolutions run several times faster than with two."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory) -> list[str]:
     """Flags of every run here: CPU, MNIST never downloaded (as conftest ensures per test), a scratch data root."""

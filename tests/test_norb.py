@@ -213,18 +213,19 @@ def test_missing_files_say_where_to_put_them(tmp_path):
         NorbClips(str(tmp_path), "test", 64, 1, 20)
     message = str(error.value)
     assert str(tmp_path / "norb") in message and NORB_URL in message and "testing-dat.mat" in message
+    assert f"`python -m datasets.norb --download {tmp_path}`" in message
     assert "\n" not in message
 
 
-def test_download_offline_fails_with_one_line(tmp_path, monkeypatch):
+def test_download_command_offline_fails_with_one_line(tmp_path, monkeypatch, capsys):
     def offline(url, timeout):
         raise urllib.error.URLError("Temporary failure in name resolution")
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
-    with pytest.raises(DRNetError, match="could not download") as error:
-        download_norb(str(tmp_path))
-    message = str(error.value)
-    assert "\n" not in message and NORB_URL in message and "name resolution" in message
+    assert norb.main(["--download", str(tmp_path)]) == 1
+    message = capsys.readouterr().err
+    assert message.count("\n") == 1 and message.startswith("error: could not download")
+    assert NORB_URL in message and "name resolution" in message
     assert list(norb_dir(str(tmp_path)).iterdir()) == []  # no partial file left behind
 
 
