@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Protocol
 
@@ -18,16 +17,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torchvision.utils import make_grid
-from tqdm import tqdm
 
 from datasets import build_dataset
 from datasets.prefetch import BatchStream
 from models import DRNetPredictor, PoseLSTM
-from train import checkpoint_path, write_checkpoints
+from train import checkpoint_path, run_iterations, write_checkpoints
 from utils import (
     DRNetError,
     MetricsLog,
-    StopOnInterrupt,
     load_checkpoint,
     plot_curves,
     rng_state,
@@ -227,26 +224,11 @@ def train_lstm(config: dict, device: torch.device) -> DRNetPredictor:
                  "%s; checkpoint %s", iteration, report, rollout_len, strip.name, strip_every(rollout_len),
                  animation.name, checkpoint_path(run_dir))
 
-    progress = tqdm(range(start + 1, config["max_iter"] + 1), initial=start, total=config["max_iter"],
-                    desc="LSTM", dynamic_ncols=True, disable=config.get("quiet", False))
-    began, done = time.perf_counter(), 0
     batches = BatchStream(lambda g: train_set.sequence_batch(config["batch_size"], n_past + n_future, g),
                           generator, config["data_threads"])
-    with StopOnInterrupt() as interrupt, progress, batches:
-        for iteration in progress:
-            clips, data_state = next(batches)
-            mse = lstm_step(model, optimizer, clips.to(device, non_blocking=True), n_past)
-            if not math.isfinite(mse):
-                raise DRNetError(f"LSTM loss became {mse} at iteration {iteration}; try a lower --lr")
-            metrics.append(iteration, {"mse": mse})
-            done += 1
-            progress.set_postfix(mse=f"{mse:.5f}", refresh=False)
-            if iteration % config["save_iters"] == 0 or iteration == config["max_iter"] or interrupt.requested:
-                save_everything(iteration, data_state)
-            if interrupt.requested:
-                log.info("stopped at iteration %d; continue with --resume True --use_lstm True", iteration)
-                break
-    if done > 0:
-        log.info("trained the LSTM %d iterations in %.1f s (%.2f s/iteration)", done, time.perf_counter() - began,
-                 (time.perf_counter() - began) / done)
+
+    def step(clips: torch.Tensor) -> dict[str, float]:
+        return {"mse": lstm_step(model, optimizer, clips.to(device, non_blocking=True), n_past)}
+
+    run_iterations(config, start, "LSTM", batches, step, metrics, save_everything, "--resume True --use_lstm True")
     return model

@@ -11,6 +11,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -183,6 +184,33 @@ def write_checkpoints(run_dir: Path, state: dict, iteration: int, keep: int) -> 
             old.unlink()
 
 
+def run_iterations(config: dict, start: int, stage: str, batches: BatchStream,
+                   step: Callable[[torch.Tensor], dict[str, float]], metrics: MetricsLog,
+                   save: Callable[[int, torch.Tensor], None], resume_flags: str) -> None:
+    """The loop both stages share: progress bar with ETA, a metrics row per iteration, periodic saves, and
+    a clean stop on Ctrl-C that saves the last whole iteration. `save` gets the data state after a batch."""
+    progress = tqdm(range(start + 1, config["max_iter"] + 1), initial=start, total=config["max_iter"],
+                    desc=stage, dynamic_ncols=True, disable=config.get("quiet", False))
+    began, done = time.perf_counter(), 0
+    with StopOnInterrupt() as interrupt, progress, batches:
+        for iteration in progress:
+            batch, data_state = next(batches)
+            values = step(batch)
+            if not all(math.isfinite(v) for v in values.values()):
+                raise DRNetError(f"{stage} loss became {values} at iteration {iteration}; try a lower --lr")
+            metrics.append(iteration, values)
+            done += 1
+            progress.set_postfix({name: f"{value:.4g}" for name, value in values.items()}, refresh=False)
+            if iteration % config["save_iters"] == 0 or iteration == config["max_iter"] or interrupt.requested:
+                save(iteration, data_state)
+            if interrupt.requested:
+                log.info("stopped at iteration %d; continue with %s", iteration, resume_flags)
+                break
+    if done > 0:
+        elapsed = time.perf_counter() - began
+        log.info("trained %s %d iterations in %.1f s (%.2f s/iteration)", stage, done, elapsed, elapsed / done)
+
+
 def train_drnet(config: dict, device: torch.device) -> DRNet:
     """Train DRNET as the resolved config says, in `config['run_dir']`; return the trained model."""
     run_dir = Path(config["run_dir"])
@@ -229,30 +257,14 @@ def train_drnet(config: dict, device: torch.device) -> DRNet:
                  checkpoint_path(run_dir))
 
     model.train()
-    progress = tqdm(range(start + 1, config["max_iter"] + 1), initial=start, total=config["max_iter"],
-                    desc="DRNET", dynamic_ncols=True, disable=config.get("quiet", False))
-    began, done = time.perf_counter(), 0
     # `generator` draws the batches only (possibly ahead, on the loader thread); the discriminator's pairs
     # come from torch's global generator, which checkpoints save as well.
     batches = BatchStream(lambda g: train_set.drnet_batch(config["batch_size"], g), generator,
                           config["data_threads"])
-    with StopOnInterrupt() as interrupt, progress, batches:
-        for iteration in progress:
-            frames, data_state = next(batches)
-            frames = frames.to(device, non_blocking=True)
-            values = train_step(model, optimizers, frames, config["alpha"], config["beta"], torch.default_generator)
-            if not all(math.isfinite(v) for v in values.values()):
-                raise DRNetError(f"loss became {values} at iteration {iteration}; try a lower --lr")
-            metrics.append(iteration, values)
-            done += 1
-            progress.set_postfix(rec=f"{values['rec']:.4f}", sim=f"{values['sim']:.4f}",
-                                 disc_acc=f"{values['disc_acc']:.2f}", refresh=False)
-            if iteration % config["save_iters"] == 0 or iteration == config["max_iter"] or interrupt.requested:
-                save_everything(iteration, data_state)
-            if interrupt.requested:
-                log.info("stopped at iteration %d; continue with --resume True", iteration)
-                break
-    if done > 0:
-        log.info("trained %d iterations in %.1f s (%.2f s/iteration)", done, time.perf_counter() - began,
-                 (time.perf_counter() - began) / done)
+
+    def step(frames: torch.Tensor) -> dict[str, float]:
+        return train_step(model, optimizers, frames.to(device, non_blocking=True), config["alpha"], config["beta"],
+                          torch.default_generator)
+
+    run_iterations(config, start, "DRNET", batches, step, metrics, save_everything, "--resume True")
     return model

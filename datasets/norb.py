@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from datasets.cyclic import CyclicClips
 from utils import DRNetError
 
 NORB_URL = "https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/"
@@ -197,7 +198,7 @@ def load_norb_split(data_root: str, split: str, image_size: int) -> tuple[torch.
     return frames.view(len(labels), len(AZIMUTHS), image_size, image_size), torch.from_numpy(labels).long()
 
 
-class NorbClips:
+class NorbClips(CyclicClips):
     """smallNORB clips of one split: a toy at fixed elevation and lighting sweeping 18 azimuths (cyclic)."""
 
     def __init__(self, data_root: str, split: str, image_size: int, channels: int, max_step: int) -> None:
@@ -213,46 +214,10 @@ class NorbClips:
         self.clip_length = len(AZIMUTHS)
         self._frames, self._labels = load_norb_split(data_root, split, image_size)
 
-    @property
-    def num_clips(self) -> int:
-        """Number of clips in this split."""
-        return len(self._labels)
-
-    def clip_labels(self) -> torch.Tensor:
-        """Labels of every clip, (num_clips, 4) int64 with the columns of LABEL_COLUMNS."""
-        return self._labels.clone()
-
-    def _as_float(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 frames (..., S, S) as float32 (..., C, S, S) in [0, 1]."""
-        grey = frames.unsqueeze(-3).float().div_(255)
+    def _gather(self, clips: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """Frames at matching (clip, view) index tensors of one shape, as float32 (*shape, C, S, S) in [0, 1]."""
+        grey = self._frames[clips, views].unsqueeze(-3).float().div_(255)
         return grey.expand(*grey.shape[:-3], self.channels, -1, -1).contiguous()
-
-    def clip_sequence(self, clip: int, start: int, length: int) -> torch.Tensor:
-        """Frames start, start+1, .. (cyclic) of one clip as float32 (length, C, S, S)."""
-        if not 0 <= clip < self.num_clips or length < 1:
-            raise DRNetError(f"no sequence of length {length} in clip {clip} of {self.num_clips} clips")
-        views = (start + torch.arange(length)) % self.clip_length
-        return self._as_float(self._frames[clip, views])
-
-    def drnet_batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """x_c1, x_c2, x_p1, x_p2 as (4, B, C, S, S): four frames drawn uniformly from one clip's window."""
-        clips = torch.randint(self.num_clips, (batch_size,), generator=generator)
-        window = min(self.max_step, self.clip_length)
-        starts = torch.randint(self.clip_length, (batch_size,), generator=generator)
-        offsets = torch.randint(window, (4, batch_size), generator=generator)
-        views = (starts + offsets) % self.clip_length
-        return self._as_float(self._frames[clips.expand(4, -1), views])
-
-    def sequence_batch(self, batch_size: int, length: int, generator: torch.Generator,
-                       return_labels: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, C, S, S) runs of consecutive azimuths (cyclic); return_labels adds their (B, 4) labels."""
-        if length < 1:
-            raise DRNetError(f"sequence length must be positive, got {length}")
-        clips = torch.randint(self.num_clips, (batch_size,), generator=generator)
-        starts = torch.randint(self.clip_length, (batch_size,), generator=generator)
-        views = (starts[:, None] + torch.arange(length)) % self.clip_length
-        frames = self._as_float(self._frames[clips[:, None], views])
-        return (frames, self._labels[clips]) if return_labels else frames
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from datasets.cyclic import CyclicClips
 from utils import DRNetError
 
 VIEWS_PER_CLIP = 36
@@ -76,7 +77,7 @@ def read_view(path: Path, image_size: int, channels: int) -> torch.Tensor:
     return frame.unsqueeze(0) if channels == 1 else frame.permute(2, 0, 1).contiguous()
 
 
-class SuncgClips:
+class SuncgClips(CyclicClips):
     """SUNCG chair clips of one split: 36 views round a chair at one elevation (cyclic), PNGs read lazily."""
 
     def __init__(self, data_root: str, split: str, image_size: int, channels: int, max_step: int,
@@ -120,15 +121,6 @@ class SuncgClips:
             raise DRNetError(f"no elevation_<e> folders in {object_folder}; expected {EXPECTED_LAYOUT}")
         return sorted(found)
 
-    @property
-    def num_clips(self) -> int:
-        """Number of clips (object, elevation) in this split."""
-        return len(self._clip_folders)
-
-    def clip_labels(self) -> torch.Tensor:
-        """Labels of every clip, (num_clips, 2) int64 with the columns of LABEL_COLUMNS."""
-        return self._labels.clone()
-
     def _frame(self, clip: int, view: int) -> torch.Tensor:
         """Decoded view `view` (0-based) of a clip as uint8 (C, S, S), through the bounded cache."""
         key = (clip, view)
@@ -148,30 +140,3 @@ class SuncgClips:
         frames = [self._frame(int(clip), int(view)) for clip, view in zip(clips.flatten(), views.flatten(),
                                                                          strict=True)]
         return torch.stack(frames).view(*views.shape, *frames[0].shape).float().div_(255)
-
-    def clip_sequence(self, clip: int, start: int, length: int) -> torch.Tensor:
-        """Views start, start+1, .. (0-based, cyclic) of one clip as float32 (length, C, S, S)."""
-        if not 0 <= clip < self.num_clips or length < 1:
-            raise DRNetError(f"no sequence of length {length} in clip {clip} of {self.num_clips} clips")
-        views = (start + torch.arange(length)) % self.clip_length
-        return self._gather(torch.full_like(views, clip), views)
-
-    def drnet_batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """x_c1, x_c2, x_p1, x_p2 as (4, B, C, S, S): four frames drawn uniformly from one clip's window."""
-        clips = torch.randint(self.num_clips, (batch_size,), generator=generator)
-        window = min(self.max_step, self.clip_length)
-        starts = torch.randint(self.clip_length, (batch_size,), generator=generator)
-        offsets = torch.randint(window, (4, batch_size), generator=generator)
-        views = (starts + offsets) % self.clip_length
-        return self._gather(clips.expand(4, -1), views)
-
-    def sequence_batch(self, batch_size: int, length: int, generator: torch.Generator,
-                       return_labels: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, C, S, S) runs of consecutive views (cyclic); return_labels adds their (B, 2) labels."""
-        if length < 1:
-            raise DRNetError(f"sequence length must be positive, got {length}")
-        clips = torch.randint(self.num_clips, (batch_size,), generator=generator)
-        starts = torch.randint(self.clip_length, (batch_size,), generator=generator)
-        views = (starts[:, None] + torch.arange(length)) % self.clip_length
-        frames = self._gather(clips[:, None].expand(-1, length), views)
-        return (frames, self._labels[clips]) if return_labels else frames
