@@ -168,6 +168,9 @@ def plot_curves(panels: dict[str, list[tuple[Path, str]]], path: Path, smooth: i
                 kernel = torch.ones(1, 1, smooth) / smooth
                 trend = torch.nn.functional.conv1d(y[None, None], kernel)[0, 0]
                 ax.plot(x[smooth - 1:], trend.numpy(), color=ax.lines[-1].get_color(), label=f"{column} (mean)")
+        values = [y for line in ax.lines for y in line.get_ydata()]
+        if values and min(values) > 0 and max(values) > 20 * min(values):
+            ax.set_yscale("log")  # losses fall by orders of magnitude: a linear axis hides the later progress
         ax.set_title(title)
         ax.set_xlabel("iteration")
         ax.legend(fontsize=7)
