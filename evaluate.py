@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from datasets import build_dataset
+from datasets import ClipDataset, build_dataset
 from datasets.moving_mnist import Clips, MovingMNIST
 from datasets.norb import LABEL_COLUMNS as NORB_LABEL_COLUMNS
 from metrics import mse, per_step, psnr, ssim
@@ -59,7 +59,6 @@ from train import discriminator_pairs
 from utils import DRNetError, load_checkpoint, save_image_grid
 
 log = logging.getLogger("drnet")
-Loader = Any  # a dataset of clips from datasets.build_dataset: drnet_batch, sequence_batch (and maybe labels)
 
 EVAL_CLIPS = 1000  # test clips per part (and train clips for the fresh discriminator and probes)
 EVAL_STEPS = 100  # predicted future steps
@@ -225,7 +224,7 @@ def mnist_probe_data(model: DRNet, dataset: MovingMNIST, n_clips: int, generator
 
 
 @torch.no_grad()
-def labelled_probe_data(model: DRNet, dataset: Loader, n_clips: int, length: int, generator: torch.Generator,
+def labelled_probe_data(model: DRNet, dataset: ClipDataset, n_clips: int, length: int, generator: torch.Generator,
                         device: torch.device) -> ProbeData:
     """Content of frame 0 and pose of a random frame of clips from a loader that labels its clips."""
     frames, labels = dataset.sequence_batch(n_clips, length, generator, return_labels=True)
@@ -285,7 +284,7 @@ def probe_metrics(fit: ProbeData, score: ProbeData) -> dict[str, float]:
 
 
 @torch.no_grad()
-def norb_category_probe(model: DRNet, train_set: Loader, test_set: Loader, n_images: int,
+def norb_category_probe(model: DRNet, train_set: ClipDataset, test_set: ClipDataset, n_images: int,
                         generator: torch.Generator, device: torch.device) -> dict[str, float]:
     """Category of single smallNORB images from content and from pose: fitted on train, scored on test toys."""
     fit_and_score = []
@@ -298,7 +297,7 @@ def norb_category_probe(model: DRNet, train_set: Loader, test_set: Loader, n_ima
     return probe_metrics(*fit_and_score)
 
 
-def probe_sets(model: DRNet, train_set: Loader, test_set: Loader, n_clips: int, max_step: int,
+def probe_sets(model: DRNet, train_set: ClipDataset, test_set: ClipDataset, n_clips: int, max_step: int,
                generator: torch.Generator, device: torch.device) -> tuple[ProbeData, ProbeData] | None:
     """(fit, score) features for the probes, or None when the dataset has no labels to probe."""
     if isinstance(test_set, MovingMNIST):
@@ -310,7 +309,7 @@ def probe_sets(model: DRNet, train_set: Loader, test_set: Loader, n_clips: int, 
 
 
 @torch.no_grad()
-def prediction_metrics(model: DRNetPredictor, dataset: Loader, n_clips: int, n_past: int, n_future: int,
+def prediction_metrics(model: DRNetPredictor, dataset: ClipDataset, n_clips: int, n_past: int, n_future: int,
                        generator: torch.Generator, device: torch.device) -> dict[str, list[float]]:
     """Per-step MSE, PSNR, SSIM of `model.predict` over future steps 1..n_future, and of copying the last frame."""
     totals = {prefix + name: torch.zeros(n_future, dtype=torch.float64)

@@ -11,14 +11,13 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torchvision.utils import make_grid
 
-from datasets import build_dataset
+from datasets import ClipDataset, build_dataset
 from datasets.prefetch import BatchStream
 from models import DRNetPredictor, PoseLSTM
 from train import checkpoint_path, run_iterations, write_checkpoints
@@ -42,13 +41,6 @@ STRIP_COLUMNS = 50  # at most this many generated frames per strip row: longer r
 BORDER = 2  # px of coloured frame around each picture cell
 OBSERVED, GENERATED, GROUND_TRUTH = (0.0, 0.8, 0.0), (0.9, 0.0, 0.0), (0.5, 0.5, 0.5)  # RGB frame colours
 GIF_FRAME_MS = 100
-
-
-class ClipSource(Protocol):
-    """What the LSTM stage needs of a dataset split (see datasets/__init__.py)."""
-
-    def sequence_batch(self, batch_size: int, length: int, generator: torch.Generator) -> torch.Tensor:
-        """Clips of `length` consecutive frames (B, T, C, H, W) in [0, 1]."""
 
 
 def teacher_forced_loss(lstm: PoseLSTM, h_c: torch.Tensor, h_p: torch.Tensor) -> torch.Tensor:
@@ -79,7 +71,7 @@ def freeze_drnet(model: DRNetPredictor) -> None:
     model.eval()  # the LSTM has no layer that behaves differently in training, so eval suits all of it
 
 
-def draw_test_clips(test_set: ClipSource, count: int, length: int, fallback: int, generator: torch.Generator
+def draw_test_clips(test_set: ClipDataset, count: int, length: int, fallback: int, generator: torch.Generator
                     ) -> torch.Tensor:
     """Fixed test clips of `length` frames, or of `fallback` frames where the dataset has none that long."""
     try:

@@ -8,8 +8,25 @@ A loader returns clips of one split with two methods, the only ones training nee
 from __future__ import annotations
 
 import importlib
+from typing import Protocol
+
+import torch
 
 from utils import DRNetError
+
+
+class ClipDataset(Protocol):
+    """What training and evaluation need of one split of a dataset."""
+
+    channels: int
+    image_size: int
+    max_step: int
+
+    def drnet_batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """x_c1, x_c2, x_p1, x_p2 of one clip each, (4, B, C, S, S) in [0, 1]."""
+
+    def sequence_batch(self, batch_size: int, length: int, generator: torch.Generator) -> torch.Tensor:
+        """Clips of `length` consecutive frames, (B, T, C, S, S) in [0, 1]."""
 
 # Shared by every dataset: alpha 1 and beta 0.0001 suit mean-reduced losses (SPEC §4, README).
 COMMON = {"alpha": 1.0, "beta": 0.0001, "content_dim": 128}
@@ -30,7 +47,7 @@ DATASETS = {
 }
 
 
-def build_dataset(config: dict, split: str):
+def build_dataset(config: dict, split: str) -> ClipDataset:
     """Clips of `split` ("train" or "test") for the dataset and sizes named in a resolved config."""
     name = config["dataset"]
     loader = DATASETS[name]["loader"]
