@@ -116,13 +116,10 @@ def resolve_config(args: argparse.Namespace) -> dict:
     run_dir = Path(given.get("save_dir") or default_run_dir(config))
     resume_from = None
     if args.resume or args.start_iter:
-        from train import check_architecture, checkpoint_path, load_checkpoint
+        from train import check_architecture
 
-        resume_from = checkpoint_path(run_dir, args.start_iter or None)
-        if not resume_from.is_file():
-            raise DRNetError(f"nothing to resume: no checkpoint {resume_from}; start a run with "
-                             f"`python main.py --dataset {args.dataset}` (or pass its --save_dir)")
-        checkpoint = load_checkpoint(resume_from)
+        resume_from, checkpoint = checkpoint_to_resume(run_dir, args, "checkpoint",
+                                                       f"python main.py --dataset {args.dataset}")
         config = {**checkpoint["config"], **{k: v for k, v in given.items() if k not in RUN_FLAGS}}
         check_architecture(checkpoint, config, resume_from)
     elif (run_dir / "checkpoint.pt").exists():
@@ -131,6 +128,19 @@ def resolve_config(args: argparse.Namespace) -> dict:
     config["run_dir"], config["resume_from"] = str(run_dir), str(resume_from) if resume_from else None
     check_config(config)
     return config
+
+
+def checkpoint_to_resume(run_dir: Path, args: argparse.Namespace, what: str, start_command: str
+                         ) -> tuple[Path, dict]:
+    """The checkpoint `--resume`/`--start_iter` asks for in `run_dir`, loaded; or an error saying how to start."""
+    from train import checkpoint_path
+    from utils import load_checkpoint
+
+    path = checkpoint_path(run_dir, args.start_iter or None)
+    if not path.is_file():
+        raise DRNetError(f"nothing to resume: no {what} {path}; start a run with `{start_command}` "
+                         "(or pass its --save_dir)")
+    return path, load_checkpoint(path)
 
 
 def resolve_lstm_config(args: argparse.Namespace) -> dict:
@@ -151,11 +161,8 @@ def resolve_lstm_config(args: argparse.Namespace) -> dict:
     run_dir = drnet_dir / "lstm"
     resume_from = None
     if args.resume or args.start_iter:
-        resume_from = checkpoint_path(run_dir, args.start_iter or None)
-        if not resume_from.is_file():
-            raise DRNetError(f"nothing to resume: no LSTM checkpoint {resume_from}; start the LSTM stage with "
-                             f"`python main.py --dataset {args.dataset} --use_lstm True` (or pass its --save_dir)")
-        checkpoint = load_checkpoint(resume_from)
+        resume_from, checkpoint = checkpoint_to_resume(run_dir, args, "LSTM checkpoint",
+                                                       f"python main.py --dataset {args.dataset} --use_lstm True")
         if checkpoint.get("kind") != "lstm":
             raise DRNetError(f"{resume_from} is not an LSTM-stage checkpoint")
         config = {**checkpoint["config"], **given}

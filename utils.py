@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -207,3 +208,14 @@ class StopOnInterrupt:
     def __exit__(self, *exc: object) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
+
+
+def report_errors(action: Callable[[], str]) -> int:
+    """Run a command-line action: print its success message, or its DRNetError as one line; the exit status."""
+    try:
+        message = action()
+    except DRNetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(message)
+    return 0

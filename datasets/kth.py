@@ -22,13 +22,13 @@ one loader per process).
 """
 
 import json
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from datasets.cache import FrameCache
 from datasets.convert_kth import FRAME_FILE, IMAGE_SIZES, INDEX_FILE, processed_dir
 from datasets.kth_download import KTH_CLASSES
 from utils import DRNetError
@@ -85,8 +85,7 @@ class KTHClips:
         )
         # Computed once: every segment is eligible for drnet_batch (windows shrink to short segments).
         self._drnet_eligible = self._eligible(1)
-        self._cache_frames = cache_frames
-        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._cache: FrameCache[np.ndarray] = FrameCache(cache_frames)
 
     def _read_index(self, root: Path) -> list[dict]:
         """The video records of index.json, checked against the requested image size."""
@@ -136,11 +135,10 @@ class KTHClips:
 
     def _frame(self, video: int, index: int) -> np.ndarray:
         """Frame `index` (0-based) of a video as uint8 (S, S), through the bounded cache."""
-        key = (video, index)
-        frame = self._cache.get(key)
-        if frame is not None:
-            self._cache.move_to_end(key)
-            return frame
+        return self._cache.get((video, index), lambda: self._read_frame(video, index))
+
+    def _read_frame(self, video: int, index: int) -> np.ndarray:
+        """Frame `index` (0-based) of a video as uint8 (S, S), read from its PNG file."""
         path = self._frame_dirs[video] / FRAME_FILE.format(index)
         try:
             with Image.open(path) as image:
@@ -152,10 +150,6 @@ class KTHClips:
             raise DRNetError(f"cannot read KTH frame {path}: {error}") from error
         if frame.shape != (self.image_size, self.image_size):
             raise missing_data_error(self._data_root, self.image_size, f"{path} has shape {frame.shape}")
-        if self._cache_frames > 0:
-            self._cache[key] = frame
-            if len(self._cache) > self._cache_frames:
-                self._cache.popitem(last=False)
         return frame
 
     def _gather(self, videos: list[int], frames: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tqdm import tqdm
 
-from utils import DRNetError
+from utils import DRNetError, report_errors
 
 KTH_URL = "http://www.csc.kth.se/cvap/actions/"
 KTH_CLASSES = ("boxing", "handclapping", "handwaving", "jogging", "running", "walking")
@@ -149,13 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_root", help="folder that will hold raw/ (and later processed/)")
     args = parser.parse_args(argv)
-    try:
+
+    def download() -> str:
         download_kth(Path(args.data_root))
-    except DRNetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"KTH raw data complete under {Path(args.data_root) / 'raw'}")
-    return 0
+        return f"KTH raw data complete under {Path(args.data_root) / 'raw'}"
+
+    return report_errors(download)
 
 
 if __name__ == "__main__":

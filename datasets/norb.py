@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from datasets.cyclic import CyclicClips
-from utils import DRNetError
+from utils import DRNetError, report_errors
 
 NORB_URL = "https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/"
 MAGIC_UINT8 = 0x1E3D4C55
@@ -227,13 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--download", metavar="DATA_ROOT", required=True,
                         help="the --data_root of training: the files go to DATA_ROOT/norb/")
     args = parser.parse_args(argv)
-    try:
-        directory = download_norb(args.download)
-    except DRNetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"smallNORB files complete in {directory}")
-    return 0
+    return report_errors(lambda: f"smallNORB files complete in {download_norb(args.download)}")
 
 
 if __name__ == "__main__":

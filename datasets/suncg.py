@@ -20,13 +20,13 @@ clips it drew, and `clip_sequence` gives any clip's frames.
 """
 
 import re
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from datasets.cache import FrameCache
 from datasets.cyclic import CyclicClips
 from utils import DRNetError
 
@@ -106,8 +106,7 @@ class SuncgClips(CyclicClips):
                 self._clip_folders.append(folder)
                 labels.append((object_index, elevation))
         self._labels = torch.tensor(labels, dtype=torch.int64)
-        self._cache_frames = cache_frames
-        self._cache: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
+        self._cache: FrameCache[torch.Tensor] = FrameCache(cache_frames)
 
     @staticmethod
     def _elevation_folders(object_folder: Path) -> list[tuple[int, Path]]:
@@ -123,17 +122,8 @@ class SuncgClips(CyclicClips):
 
     def _frame(self, clip: int, view: int) -> torch.Tensor:
         """Decoded view `view` (0-based) of a clip as uint8 (C, S, S), through the bounded cache."""
-        key = (clip, view)
-        frame = self._cache.get(key)
-        if frame is not None:
-            self._cache.move_to_end(key)
-            return frame
-        frame = read_view(self._clip_folders[clip] / view_file_name(view + 1), self.image_size, self.channels)
-        if self._cache_frames > 0:
-            self._cache[key] = frame
-            if len(self._cache) > self._cache_frames:
-                self._cache.popitem(last=False)
-        return frame
+        path = self._clip_folders[clip] / view_file_name(view + 1)
+        return self._cache.get((clip, view), lambda: read_view(path, self.image_size, self.channels))
 
     def _gather(self, clips: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         """Frames at matching (clip, view) index tensors of one shape, as float32 (*shape, C, S, S) in [0, 1]."""
