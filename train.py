@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from datasets import build_dataset
 from datasets.prefetch import BatchStream
+from metrics import mse
 from models import Content, DRNet, architecture_keys
 from utils import (
     DRNetError,
@@ -119,13 +120,20 @@ def make_optimizers(model: DRNet, config: dict) -> dict[str, torch.optim.Optimiz
 
 
 @torch.no_grad()
-def test_pictures(model: DRNet, test_frames: torch.Tensor, test_clips: torch.Tensor, out_dir: Path,
-                  iteration: int) -> float:
-    """Save a reconstruction grid and an analogy grid of the fixed test clips; return the test MSE."""
+def report_test_clips(model: DRNet, test_frames: torch.Tensor, test_clips: torch.Tensor, out_dir: Path,
+                  iteration: int) -> dict[str, float]:
+    """Save a reconstruction grid and an analogy grid of the fixed test clips; return the test metrics.
+
+    `test_content_spread` is the mean standard deviation of the content vectors across the test clips:
+    when it falls towards 0 the content has collapsed to a constant (the similarity loss's trivial
+    optimum) and the decoder draws from the pose alone.
+    """
     model.eval()
     x_c, _, x_p, _ = test_frames
     reconstruction = torch.cat([model(x_c[i:i + 32], x_p[i:i + 32]) for i in range(0, len(x_c), 32)])
-    test_mse = F.mse_loss(reconstruction, x_p).item()
+    content_spread = torch.cat([model.encode_content(x_c[i:i + 32]).h for i in range(0, len(x_c), 32)]).std(0)
+    values = {"test_rec_mse": mse(reconstruction, x_p).mean().item(),
+              "test_content_spread": content_spread.mean().item()}
     shown = 8  # rows of the grid: content frame | pose frame | content rendered in that pose
     triplets = torch.stack([x_c[:shown], x_p[:shown], reconstruction[:shown]], dim=1).flatten(0, 1)
     save_image_grid(triplets, out_dir / f"reconstruction_{iteration:07d}.png", columns=3)
@@ -141,7 +149,7 @@ def test_pictures(model: DRNet, test_frames: torch.Tensor, test_clips: torch.Ten
     grid = [torch.cat([blank, pose_clip])] + [torch.cat([content_frames[i:i + 1], cells[i]]) for i in range(rows)]
     save_image_grid(torch.cat(grid), out_dir / f"analogy_{iteration:07d}.png", columns=len(pose_clip) + 1)
     model.train()
-    return test_mse
+    return values
 
 
 def checkpoint_path(run_dir: Path, iteration: int | None = None) -> Path:
@@ -241,19 +249,22 @@ def train_drnet(config: dict, device: torch.device) -> DRNet:
     test_clips = test_set.sequence_batch(9, min(config["max_step"], 10), test_generator).to(device)
 
     metrics = MetricsLog(run_dir / "metrics.csv", METRICS, resume_from=start if start else None)
-    test_metrics = MetricsLog(run_dir / "test_metrics.csv", ["test_rec_mse"], resume_from=start if start else None)
+    test_metrics = MetricsLog(run_dir / "test_metrics.csv", ["test_rec_mse", "test_content_spread"],
+                              resume_from=start if start else None)
     curves = {"reconstruction (mse)": [(run_dir / "metrics.csv", "rec"), (run_dir / "test_metrics.csv",
                                                                          "test_rec_mse")],
-              "similarity (mse)": [(run_dir / "metrics.csv", "sim")],
+              "similarity (mse), content spread": [(run_dir / "metrics.csv", "sim"),
+                                                   (run_dir / "test_metrics.csv", "test_content_spread")],
               "scene discriminator loss": [(run_dir / "metrics.csv", "disc_loss"), (run_dir / "metrics.csv", "adv")],
               "scene discriminator accuracy": [(run_dir / "metrics.csv", "disc_acc")]}
 
     def save_everything(iteration: int, data_state: torch.Tensor) -> None:
         save_run_state(run_dir, model, optimizers, config, iteration, data_state, config["keep_checkpoints"])
-        test_mse = test_pictures(model, test_frames, test_clips, run_dir / "samples", iteration)
-        test_metrics.append(iteration, {"test_rec_mse": test_mse})
+        test_values = report_test_clips(model, test_frames, test_clips, run_dir / "samples", iteration)
+        test_metrics.append(iteration, test_values)
         plot_curves(curves, run_dir / "loss_curves.png")
-        log.info("iteration %d: test reconstruction mse %.5f; checkpoint %s", iteration, test_mse,
+        log.info("iteration %d: test reconstruction mse %.5f, content spread %.4f; checkpoint %s", iteration,
+                 test_values["test_rec_mse"], test_values["test_content_spread"],
                  checkpoint_path(run_dir))
 
     model.train()

@@ -56,6 +56,7 @@ def test_two_iteration_run_writes_every_output(tiny_args, tmp_path):
     assert all(0 <= float(r["disc_acc"]) <= 1 for r in rows)
     test_rows = list(csv.DictReader(open(run / "test_metrics.csv")))
     assert [r["iteration"] for r in test_rows] == ["1", "2"] and float(test_rows[-1]["test_rec_mse"]) > 0
+    assert float(test_rows[-1]["test_content_spread"]) > 0
     for name in ("checkpoint.pt", "checkpoints/iter_0000001.pt", "checkpoints/iter_0000002.pt",
                  "samples/reconstruction_0000002.png", "samples/analogy_0000002.png", "loss_curves.png"):
         assert (run / name).stat().st_size > 0, name

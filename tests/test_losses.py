@@ -10,6 +10,7 @@ from train import (
     discriminator_pairs,
     drnet_loss,
     make_optimizers,
+    report_test_clips,
     similarity_loss,
     train_step,
 )
@@ -93,3 +94,15 @@ def test_train_step_updates_every_network():
     after = model.state_dict()
     for prefix in ("content_encoder", "pose_encoder", "decoder", "scene_discriminator"):
         assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith(prefix)), prefix
+
+
+def test_content_spread_reports_a_collapsed_content_vector(tmp_path):
+    torch.manual_seed(0)
+    model = DRNet(CONFIG)
+    frames, clips = torch.rand(4, 6, 3, 64, 64), torch.rand(3, 4, 3, 64, 64)
+    healthy = report_test_clips(model, frames, clips, tmp_path, 1)
+    assert healthy["test_content_spread"] > 1e-3 and healthy["test_rec_mse"] > 0
+    torch.nn.init.zeros_(model.content_encoder.head[1].weight)  # every clip gets the same content: tanh(bias)
+    collapsed = report_test_clips(model, frames, clips, tmp_path, 2)
+    assert collapsed["test_content_spread"] == 0
+    assert (tmp_path / "analogy_0000002.png").is_file() and (tmp_path / "reconstruction_0000002.png").is_file()
