@@ -130,8 +130,11 @@ def report_test_clips(model: DRNet, test_frames: torch.Tensor, test_clips: torch
     """
     model.eval()
     x_c, _, x_p, _ = test_frames
-    reconstruction = torch.cat([model(x_c[i:i + 32], x_p[i:i + 32]) for i in range(0, len(x_c), 32)])
-    content_spread = torch.cat([model.encode_content(x_c[i:i + 32]).h for i in range(0, len(x_c), 32)]).std(0)
+    chunks = range(0, len(x_c), 32)
+    contents = [model.encode_content(x_c[i:i + 32]) for i in chunks]
+    reconstruction = torch.cat([model.decode(content, model.encode_pose(x_p[i:i + 32]))
+                                for content, i in zip(contents, chunks, strict=True)])
+    content_spread = torch.cat([content.h for content in contents]).std(0)
     values = {"test_rec_mse": mse(reconstruction, x_p).mean().item(),
               "test_content_spread": content_spread.mean().item()}
     shown = 8  # rows of the grid: content frame | pose frame | content rendered in that pose
