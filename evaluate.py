@@ -1,4 +1,4 @@
-"""Evaluation of a trained checkpoint: `python main.py --evaluate [--checkpoint PATH]` (issue 4).
+"""Evaluation of a trained checkpoint: `python main.py --evaluate [--checkpoint PATH]` (issues 4 and 9).
 
 Everything is written to `eval/` beside the checkpoint: `metrics.json`, `summary.txt` (the table that
 is also printed), `swap_examples.png` (Moving MNIST) and `prediction_curves.png` (pose LSTM). Every
@@ -8,33 +8,34 @@ same checkpoint and seed give the same numbers, bit for bit on the CPU.
 
 metrics.json holds the run's provenance (checkpoint, kind, iteration, dataset, seed, max_step,
 eval_clips, eval_steps), a `skipped` map (part -> why it did not run) and one section per part:
+- swap (Moving MNIST; see transfer.py): swap_mse is the error of D(E_c(A_0), E_p(B_t)) against A's digits
+  drawn on B's trajectory at t; swap_mse_other_content the same with the content of a third clip C,
+  swap_mse_mean_content with the mean content, swap_mse_pose_frame the trivial answer B_t (right places,
+  wrong digits). content_transfer = 1 - swap_mse / swap_mse_other_content: 0 when the decoder ignores its
+  content (a good-looking reconstruction can come from the pose alone), towards 1 as it relies on it.
+- content: invariance_ratio, the within-clip over the between-clip variance of the content vectors of two
+  frames of the same test clips (scale-free: 0 is ideal, 1 means time changes the content as much as the
+  clip does); spread, their mean standard deviation across clips, and bn_scale, the mean |gamma| of the
+  content head's BatchNorm when it has one: both fall when the content shrinks, whatever it holds.
 - reconstruction: mse, psnr, ssim of D(E_c(x_t), E_p(x_t+k)) against x_t+k (t, t+k: two random frames
   of a max_step window of a test clip); copy_content_frame_mse is the answer "x_t itself".
-- swap (Moving MNIST): mse of D(E_c(A_0), E_p(B_t)) against A's digits drawn on B's trajectory at t;
-  pose_frame_mse is the trivial answer B_t (right places, wrong digits), content_frame_mse the answer
-  A_0 (right digits, wrong places), improvement_over_pose_frame = 1 - mse / pose_frame_mse.
 - leakage: accuracy of the trained scene discriminator on test pairs (half same clip, half different
-  clips; 0.5 = pose carries no clip identity) and of a fresh one trained with Adam on frozen pose
-  vectors of train-split clips, on the same test pairs (fresh_discriminator_train_accuracy: on its
-  own training clips, which shows whether it could learn anything at all).
-- probes: logistic-regression accuracy of each clip label from the content vector (frame 0) and from
-  the pose vector (a random frame t), and `<label>_chance`, the accuracy of always answering the most
-  common class. Moving MNIST: `digit_<n>` is the class of digit n (drawn in colour channel n), probes
-  are fitted on train-split clips and scored on test-split clips (unseen digit images); ridge R^2 of
-  the digits' top-left corners from pose (at t, should be high) and from content (at frame 0, should
-  be low). Datasets with clip labels (KTH, NORB, SUNCG) have identities (persons, objects) that exist
-  in one split only, so their probes are fitted and scored on disjoint halves of the test clips.
-  smallNORB adds the paper's Table 1 protocol (recalled; the paper's classifier may not have been linear):
-  `category_new_instances_*`, the category (5 classes) of single images, fitted on train-split images
-  and scored on test-split images, whose toys are other instances; content should score high, pose low.
-- prediction (pose LSTM): per-step lists mse, psnr, ssim and copy_last_mse, copy_last_psnr,
-  copy_last_ssim (the last observed frame repeated) for future steps 1..eval_steps from n_past frames.
+  clips) and of a fresh one trained with Adam on frozen pose vectors of train-split clips, on the same test
+  pairs (fresh_discriminator_train_accuracy: on its own training clips, which shows whether it learnt at
+  all). On Moving MNIST, position_only_discriminator_accuracy is a fresh one trained and tested the same way
+  on the digits' true positions in the same frames: what a pose holding the positions and nothing else
+  scores, since two nearby frames of one clip have nearby positions. That, not 0.5, is the reference.
+- probes: see probes.py.
+- prediction (pose LSTM): per-step lists mse, psnr, ssim for future steps 1..eval_steps from n_past frames;
+  true_pose_* the decoder fed the encoded poses of the true future frames (content of the last observed
+  frame, as predict does): the error left if the LSTM predicted every pose exactly; copy_last_* the last
+  observed frame repeated.
+On Moving MNIST every frame error is taken over the digit channels only (transfer.digit_channels): with two
+digits the third colour channel is always empty and would dilute every error.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -46,32 +47,30 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from datasets import ClipDataset, build_dataset
-from datasets.moving_mnist import Clips, MovingMNIST
-from datasets.norb import LABEL_COLUMNS as NORB_LABEL_COLUMNS
+from datasets.moving_mnist import DIGIT_SIZE, MovingMNIST
 from metrics import mse, per_step, psnr, ssim
-from models import DRNet, DRNetPredictor, SceneDiscriminator, load_model
-from train import discriminator_pairs
+from models import DRNet, DRNetPredictor, SceneDiscriminator, discriminator_pairs, load_model
+from probes import NothingToProbe, content_vectors, in_batches, pose_vectors, probe_results
+from transfer import content_transfer, digit_channels, invariance_ratio, swap_set
 from utils import DRNetError, load_checkpoint, save_image_grid
 
 log = logging.getLogger("drnet")
 
-EVAL_CLIPS = 1000  # test clips per part (and train clips for the fresh discriminator and probes)
+EVAL_CLIPS = 1000  # test clips per part (and train clips for the fresh discriminators and probes)
 EVAL_STEPS = 100  # predicted future steps
 PREDICTION_CLIPS = 100  # clips rolled out by the LSTM: each decodes eval_steps frames
-EVAL_BATCH = 100  # frames per network call
 PREDICTION_BATCH = 10  # clips per LSTM roll-out (each holds n_past + eval_steps frames)
-FRESH_STEPS, FRESH_BATCH, FRESH_LR = 300, 100, 1e-3  # the fresh scene discriminator's training
+# The fresh scene discriminators' training: enough steps for a small MLP to converge on 1000 clips.
+FRESH_STEPS, FRESH_BATCH, FRESH_LR = 1500, 100, 1e-3
 PSNR_EPS = 1e-10  # caps PSNR at 100 dB so an exact frame cannot make a mean infinite
 SWAP_EXAMPLES = 8
 DATA_OVERRIDES = ("data_root", "seed", "max_step")  # what evaluation may change in the stored config
-STREAMS = ("test_frames", "train_frames", "swap", "pairs", "probes", "prediction", "fresh")
+STREAMS = ("test_frames", "train_frames", "swap", "pairs", "train_pairs", "probes", "prediction", "fresh")
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # per-image metric: (..., C, H, W) pairs -> (...)
 FRAME_METRICS: dict[str, Metric] = {"mse": mse, "psnr": partial(psnr, eps=PSNR_EPS), "ssim": ssim}
+ANSWERS = {"": "pose LSTM", "true_pose_": "decoder on true poses", "copy_last_": "copy last frame"}
 
 
 def stream_seed(seed: int, stream: str) -> int:
@@ -84,60 +83,61 @@ def seeded(seed: int, stream: str) -> torch.Generator:
     return torch.Generator().manual_seed(stream_seed(seed, stream))
 
 
-def in_batches(function: Callable[..., torch.Tensor], *inputs: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """`function` applied to aligned chunks of `inputs` moved to `device`; results concatenated on the CPU."""
-    return torch.cat([function(*(x[start:start + EVAL_BATCH].to(device) for x in inputs)).cpu()
-                      for start in range(0, len(inputs[0]), EVAL_BATCH)])
-
-
-def content_vectors(model: DRNet, frames: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Content vectors h_c (N, content_dim) of frames (N, C, S, S)."""
-    return in_batches(lambda x: model.encode_content(x).h, frames, device=device)
-
-
-def pose_vectors(model: DRNet, frames: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Pose vectors h_p (N, pose_dim) of frames (N, C, S, S)."""
-    return in_batches(model.encode_pose, frames, device=device)
-
-
 def mean_of(metric: Metric, pred: torch.Tensor, target: torch.Tensor) -> float:
     """A per-image metric averaged over all images."""
     return metric(pred, target).mean().item()
 
 
+class LeakageFrames(NamedTuple):
+    """Four frames of each of N clips, as drnet_batch draws them, and on Moving MNIST where their digits are."""
+
+    frames: torch.Tensor  # (4, N, C, S, S)
+    positions: torch.Tensor | None  # (4, N, 2 * digits) top-left corners scaled to [-1, 1] (Moving MNIST)
+
+
+def leakage_frames(dataset: ClipDataset, n_clips: int, generator: torch.Generator) -> LeakageFrames:
+    """`dataset.drnet_batch`; on Moving MNIST drawn from known clips, so that the digits' positions come too."""
+    if not isinstance(dataset, MovingMNIST):
+        return LeakageFrames(dataset.drnet_batch(n_clips, generator), None)
+    clips = dataset.sample_clips(n_clips, generator)  # MovingMNIST.drnet_batch's draws, in its order
+    times = torch.randint(dataset.max_step, (n_clips, 4), generator=generator)
+    corners = dataset.positions(clips, times).permute(2, 0, 1, 3).flatten(2).float()  # (4, N, D * 2)
+    travel = max(dataset.image_size - DIGIT_SIZE, 1)  # corners lie in [0, travel]
+    return LeakageFrames(dataset.render_clips(clips, times).transpose(0, 1), corners / travel * 2 - 1)
+
+
 @torch.no_grad()
-def reconstruction_metrics(model: DRNet, frames: torch.Tensor, device: torch.device) -> dict[str, float]:
-    """MSE, PSNR, SSIM of D(E_c(x_t), E_p(x_t+k)) against x_t+k, for `drnet_batch` frames (4, B, C, S, S)."""
+def reconstruction_metrics(model: DRNet, frames: torch.Tensor, channels: slice,
+                           device: torch.device) -> dict[str, float]:
+    """MSE, PSNR, SSIM of D(E_c(x_t), E_p(x_t+k)) against x_t+k over `channels`, for drnet_batch frames."""
     x_content, _, x_pose, _ = frames
-    rendered = in_batches(model, x_content, x_pose, device=device)
+    rendered = in_batches(model, x_content, x_pose, device=device)[:, channels]
+    x_content, x_pose = x_content[:, channels], x_pose[:, channels]
     scores = {name: mean_of(metric, rendered, x_pose) for name, metric in FRAME_METRICS.items()}
     return {**scores, "copy_content_frame_mse": mean_of(mse, x_content, x_pose)}
 
 
-def swap_ground_truth(dataset: MovingMNIST, clips_a: Clips, clips_b: Clips, times: torch.Tensor) -> torch.Tensor:
-    """Frames (B, K, C, S, S) of A's digits on B's trajectory at times (B, K).
-
-    Which digit hides the other is constant over a clip, so it belongs to the content: A's order is kept.
-    """
-    return dataset.render(clips_a.digits, dataset.positions(clips_b, times), clips_a.front)
-
-
 @torch.no_grad()
+def content_metrics(model: DRNet, frames: torch.Tensor, device: torch.device) -> dict[str, float]:
+    """Invariance ratio of the content vectors of frames 0 and 1 of drnet_batch clips, their spread, BN scale."""
+    first, second = (content_vectors(model, x, device) for x in frames[:2])
+    results = {"invariance_ratio": invariance_ratio(first, second), "spread": first.std(0).mean().item()}
+    norm = model.content_encoder.head[1]
+    if norm.affine:  # a learnable scale that the similarity loss can shrink (models.StagedEncoder)
+        results["bn_scale"] = norm.weight.abs().mean().item()
+    return results
+
+
 def swap_metrics(model: DRNet, dataset: MovingMNIST, n_clips: int, generator: torch.Generator,
                  device: torch.device, picture: Path | None = None) -> dict[str, float]:
-    """MSE of content-from-A, pose-from-B renderings to the true swap, and of the two trivial answers."""
-    clips_a, clips_b = dataset.sample_clips(n_clips, generator), dataset.sample_clips(n_clips, generator)
-    times = torch.randint(dataset.max_step, (n_clips, 1), generator=generator)
-    content_frames = dataset.render_clips(clips_a, torch.zeros_like(times))[:, 0]
-    pose_frames = dataset.render_clips(clips_b, times)[:, 0]
-    truth = swap_ground_truth(dataset, clips_a, clips_b, times)[:, 0]
-    swapped = in_batches(model, content_frames, pose_frames, device=device)
-    if picture is not None:  # rows: content A_0 | pose B_t | the model's swap | the true swap
-        rows = torch.stack([content_frames, pose_frames, swapped, truth], dim=1)[:SWAP_EXAMPLES]
+    """Content transfer and its references on new clips; `picture` shows A_0 | B_t | the model's | the true swap."""
+    swaps = swap_set(dataset, n_clips, generator)
+    rendered: list[torch.Tensor] = []
+    results = content_transfer(model, swaps, digit_channels(dataset), device, keep=rendered.append)
+    if picture is not None:
+        rows = torch.stack([swaps.content, swaps.pose, rendered[0], swaps.truth], dim=1)[:SWAP_EXAMPLES]
         save_image_grid(rows.flatten(0, 1), picture, columns=4)
-    swap_mse, pose_frame_mse = mean_of(mse, swapped, truth), mean_of(mse, pose_frames, truth)
-    return {"mse": swap_mse, "pose_frame_mse": pose_frame_mse, "content_frame_mse": mean_of(mse, content_frames, truth),
-            "improvement_over_pose_frame": 1.0 - swap_mse / pose_frame_mse}
+    return results
 
 
 @contextmanager
@@ -151,6 +151,11 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def paired(first: torch.Tensor, second: torch.Tensor, seed: int, stream: str) -> tuple[torch.Tensor, ...]:
+    """Scene-discriminator pairs of two frames' features; the seeded pairing is the same for any features."""
+    return discriminator_pairs(first, second, seeded(seed, stream))
+
+
 @torch.no_grad()
 def discriminator_accuracy(discriminator: SceneDiscriminator, pairs: tuple[torch.Tensor, ...]) -> float:
     """Share of (first, second, label) pairs a scene discriminator classifies right (logit > 0 = same clip)."""
@@ -160,22 +165,22 @@ def discriminator_accuracy(discriminator: SceneDiscriminator, pairs: tuple[torch
     return (guesses == labels.cpu()).float().mean().item()
 
 
-def train_fresh_discriminator(pose: torch.Tensor, seed: int, steps: int = FRESH_STEPS) -> SceneDiscriminator:
-    """A new scene discriminator trained with Adam on frozen pose vectors (clips N, frames F >= 2, pose_dim)."""
+def train_fresh_discriminator(features: torch.Tensor, seed: int, steps: int = FRESH_STEPS) -> SceneDiscriminator:
+    """A new scene discriminator trained with Adam on frozen per-frame features (clips N, frames F >= 2, dim)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # its initial weights are fixed without moving the global RNG
         torch.manual_seed(seed)
-        discriminator = SceneDiscriminator(pose.shape[-1])
+        discriminator = SceneDiscriminator(features.shape[-1])
     optimizer = torch.optim.Adam(discriminator.parameters(), lr=FRESH_LR)
-    num_clips, num_frames = pose.shape[:2]
+    num_clips, num_frames = features.shape[:2]
     batch = min(FRESH_BATCH, num_clips)
-    with one_thread():
+    with one_thread(), torch.enable_grad():
         for _ in range(steps):
             chosen = torch.randperm(num_clips, generator=generator)[:batch]
             # Two different frames of each chosen clip: the same-clip pairs vary from step to step.
             first = torch.randint(num_frames, (batch,), generator=generator)
             second = (first + torch.randint(1, num_frames, (batch,), generator=generator)) % num_frames
-            h_1, h_2, labels = discriminator_pairs(pose[chosen, first], pose[chosen, second], generator)
+            h_1, h_2, labels = discriminator_pairs(features[chosen, first], features[chosen, second], generator)
             loss = F.binary_cross_entropy_with_logits(discriminator(h_1, h_2), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -183,151 +188,64 @@ def train_fresh_discriminator(pose: torch.Tensor, seed: int, steps: int = FRESH_
     return discriminator.eval()
 
 
+def fresh_discriminator_scores(name: str, train: torch.Tensor, test_first: torch.Tensor, test_second: torch.Tensor,
+                               seed: int) -> dict[str, float]:
+    """Test and train accuracy of a fresh discriminator fitted to features of train clips (N, F >= 2, dim).
+
+    It is scored on pairs of two frames' features of test clips, and on frames 0 and 1 of its own clips.
+    """
+    fresh = train_fresh_discriminator(train, stream_seed(seed, "fresh"))
+    return {f"{name}_discriminator_accuracy": discriminator_accuracy(fresh, paired(test_first, test_second, seed,
+                                                                                   "pairs")),
+            f"{name}_discriminator_train_accuracy": discriminator_accuracy(fresh, paired(train[:, 0], train[:, 1],
+                                                                                         seed, "train_pairs"))}
+
+
 @torch.no_grad()
-def leakage_metrics(model: DRNet, test_frames: torch.Tensor, train_frames: torch.Tensor, seed: int,
+def leakage_metrics(model: DRNet, test: LeakageFrames, train: LeakageFrames, seed: int,
                     device: torch.device) -> dict[str, float]:
-    """Scene-discriminator accuracy on test pairs: the trained one, and a fresh one fitted to frozen poses."""
-    generator = seeded(seed, "pairs")
-    test_pairs = discriminator_pairs(pose_vectors(model, test_frames[2], device),
-                                     pose_vectors(model, test_frames[3], device), generator)
-    train_pose = torch.stack([pose_vectors(model, frames, device) for frames in train_frames], dim=1)
-    with torch.enable_grad():
-        fresh = train_fresh_discriminator(train_pose, stream_seed(seed, "fresh"))
-    train_pairs = discriminator_pairs(train_pose[:, 0], train_pose[:, 1], generator)
-    return {"trained_discriminator_accuracy": discriminator_accuracy(model.scene_discriminator, test_pairs),
-            "fresh_discriminator_accuracy": discriminator_accuracy(fresh, test_pairs),
-            "fresh_discriminator_train_accuracy": discriminator_accuracy(fresh, train_pairs)}
-
-
-class ProbeData(NamedTuple):
-    """Frozen features of clips and what the probes should read from them."""
-
-    content: torch.Tensor  # (N, content_dim) of frame 0
-    pose: torch.Tensor  # (N, pose_dim) of frame t, random per clip
-    labels: dict[str, torch.Tensor]  # name -> (N,) class of each clip
-    content_positions: torch.Tensor | None  # (N, 2 * digits) top-left corners at frame 0 (Moving MNIST)
-    pose_positions: torch.Tensor | None  # (N, 2 * digits) top-left corners at frame t (Moving MNIST)
-
-
-@torch.no_grad()
-def mnist_probe_data(model: DRNet, dataset: MovingMNIST, n_clips: int, generator: torch.Generator,
-                     device: torch.device) -> ProbeData:
-    """Content of frame 0 and pose of a random frame t of new clips, the digits' classes and positions."""
-    clips = dataset.sample_clips(n_clips, generator)
-    later = torch.randint(dataset.max_step, (n_clips, 1), generator=generator)
-    times = torch.cat([torch.zeros_like(later), later], dim=1)
-    frames = dataset.render_clips(clips, times)
-    positions = dataset.positions(clips, times).float()  # (N, D, 2 times, 2 coordinates)
-    labels = {f"digit_{n}": dataset.labels[clips.digits[:, n]] for n in range(dataset.num_digits)}
-    return ProbeData(content_vectors(model, frames[:, 0], device), pose_vectors(model, frames[:, 1], device),
-                     labels, positions[:, :, 0].flatten(1), positions[:, :, 1].flatten(1))
-
-
-@torch.no_grad()
-def labelled_probe_data(model: DRNet, dataset: ClipDataset, n_clips: int, length: int, generator: torch.Generator,
-                        device: torch.device) -> ProbeData:
-    """Content of frame 0 and pose of a random frame of clips from a loader that labels its clips."""
-    frames, labels = dataset.sequence_batch(n_clips, length, generator, return_labels=True)
-    later = torch.randint(length, (n_clips,), generator=generator)
-    names = getattr(importlib.import_module(type(dataset).__module__), "LABEL_COLUMNS", None)
-    names = names or [f"label_{i}" for i in range(labels.shape[1])]
-    return ProbeData(content_vectors(model, frames[:, 0], device),
-                     pose_vectors(model, frames[torch.arange(n_clips), later], device),
-                     {name: labels[:, i] for i, name in enumerate(names)}, None, None)
-
-
-def split_probe_data(data: ProbeData) -> tuple[ProbeData, ProbeData]:
-    """The first and second half of the clips, for fitting and scoring probes on disjoint clips."""
-    half = len(data.content) // 2
-    parts = [slice(None, half), slice(half, None)]
-    return tuple(ProbeData(data.content[part], data.pose[part], {k: v[part] for k, v in data.labels.items()},
-                           None, None) for part in parts)
-
-
-def linear_probe_accuracy(fit_x: torch.Tensor, fit_y: torch.Tensor, score_x: torch.Tensor,
-                          score_y: torch.Tensor) -> float:
-    """Test accuracy of a logistic regression on standardised features fitted to (fit_x, fit_y)."""
-    if len(torch.unique(fit_y)) < 2:  # one class only: the probe can do no better than answering it
-        return (score_y == fit_y[0]).float().mean().item()
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=0))
-    probe.fit(fit_x.double().numpy(), fit_y.numpy())
-    return float(probe.score(score_x.double().numpy(), score_y.numpy()))
-
-
-def linear_probe_r2(fit_x: torch.Tensor, fit_y: torch.Tensor, score_x: torch.Tensor, score_y: torch.Tensor) -> float:
-    """Test R^2 (averaged over target columns) of a ridge regression on standardised features."""
-    probe = make_pipeline(StandardScaler(), Ridge(alpha=1.0))
-    probe.fit(fit_x.double().numpy(), fit_y.double().numpy())
-    return float(probe.score(score_x.double().numpy(), score_y.double().numpy()))
-
-
-def majority_accuracy(fit_y: torch.Tensor, score_y: torch.Tensor) -> float:
-    """Accuracy of always answering the most common class of the fitting labels: the chance level."""
-    values, counts = torch.unique(fit_y, return_counts=True)
-    return (score_y == values[counts.argmax()]).float().mean().item()
-
-
-def probe_metrics(fit: ProbeData, score: ProbeData) -> dict[str, float]:
-    """Label accuracies from content and from pose (with chance), and position R^2 when positions exist."""
-    results = {}
-    for name, labels in fit.labels.items():
-        results[f"{name}_from_content"] = linear_probe_accuracy(fit.content, labels, score.content,
-                                                                score.labels[name])
-        results[f"{name}_from_pose"] = linear_probe_accuracy(fit.pose, labels, score.pose, score.labels[name])
-        results[f"{name}_chance"] = majority_accuracy(labels, score.labels[name])
-    if fit.pose_positions is not None:
-        results["position_r2_from_pose"] = linear_probe_r2(fit.pose, fit.pose_positions, score.pose,
-                                                           score.pose_positions)
-        results["position_r2_from_content"] = linear_probe_r2(fit.content, fit.content_positions, score.content,
-                                                              score.content_positions)
+    """Scene-discriminator accuracy on test pairs: the trained one, fresh ones fitted to poses and to positions."""
+    test_pose = [pose_vectors(model, frames, device) for frames in test.frames[2:]]
+    train_pose = torch.stack([pose_vectors(model, frames, device) for frames in train.frames], dim=1)
+    results = {"trained_discriminator_accuracy": discriminator_accuracy(model.scene_discriminator,
+                                                                        paired(*test_pose, seed, "pairs")),
+               **fresh_discriminator_scores("fresh", train_pose, *test_pose, seed)}
+    if test.positions is not None:  # the same frames, hence the same pairs, described by positions alone
+        results.update(fresh_discriminator_scores("position_only", train.positions.transpose(0, 1),
+                                                  *test.positions[2:], seed))
     return results
 
 
 @torch.no_grad()
-def norb_category_probe(model: DRNet, train_set: ClipDataset, test_set: ClipDataset, n_images: int,
-                        generator: torch.Generator, device: torch.device) -> dict[str, float]:
-    """Category of single smallNORB images from content and from pose: fitted on train, scored on test toys."""
-    fit_and_score = []
-    for dataset in (train_set, test_set):
-        frames, labels = dataset.sequence_batch(n_images, 1, generator, return_labels=True)
-        images = frames[:, 0]
-        category = labels[:, NORB_LABEL_COLUMNS.index("category")]
-        fit_and_score.append(ProbeData(content_vectors(model, images, device), pose_vectors(model, images, device),
-                                       {"category_new_instances": category}, None, None))
-    return probe_metrics(*fit_and_score)
-
-
-def probe_sets(model: DRNet, train_set: ClipDataset, test_set: ClipDataset, n_clips: int, max_step: int,
-               generator: torch.Generator, device: torch.device) -> tuple[ProbeData, ProbeData] | None:
-    """(fit, score) features for the probes, or None when the dataset has no labels to probe."""
-    if isinstance(test_set, MovingMNIST):
-        return (mnist_probe_data(model, train_set, n_clips, generator, device),
-                mnist_probe_data(model, test_set, n_clips, generator, device))
-    if "return_labels" in inspect.signature(test_set.sequence_batch).parameters:
-        return split_probe_data(labelled_probe_data(model, test_set, 2 * n_clips, max_step, generator, device))
-    return None
+def decode_true_poses(model: DRNet, last_observed: torch.Tensor, future: torch.Tensor,
+                      device: torch.device) -> torch.Tensor:
+    """Frames (B, T, C, S, S) decoded from the true future frames' poses and the last observed frame's content."""
+    content = model.encode_content(last_observed.to(device))
+    return torch.stack([model.decode(content, model.encode_pose(future[:, t].to(device))).cpu()
+                        for t in range(future.shape[1])], dim=1)
 
 
 @torch.no_grad()
 def prediction_metrics(model: DRNetPredictor, dataset: ClipDataset, n_clips: int, n_past: int, n_future: int,
-                       generator: torch.Generator, device: torch.device) -> dict[str, list[float]]:
-    """Per-step MSE, PSNR, SSIM of `model.predict` over future steps 1..n_future, and of copying the last frame."""
-    totals = {prefix + name: torch.zeros(n_future, dtype=torch.float64)
-              for prefix in ("", "copy_last_") for name in FRAME_METRICS}
+                       channels: slice, generator: torch.Generator, device: torch.device) -> dict[str, list[float]]:
+    """Per-step MSE, PSNR, SSIM over `channels` of `model.predict`, the decoder on true poses and the last frame."""
+    totals = {prefix + name: torch.zeros(n_future, dtype=torch.float64) for prefix in ANSWERS for name in FRAME_METRICS}
     for start in range(0, n_clips, PREDICTION_BATCH):
         size = min(PREDICTION_BATCH, n_clips - start)
         clips = dataset.sequence_batch(size, n_past + n_future, generator)
         past, future = clips[:, :n_past], clips[:, n_past:]
-        predicted = model.predict(past.to(device), n_future).cpu()
-        copy_last = past[:, -1:].expand_as(future)
-        for name, metric in FRAME_METRICS.items():  # chunk means weighted by chunk size: the mean over clips
-            totals[name] += per_step(metric, predicted, future).double() * size
-            totals["copy_last_" + name] += per_step(metric, copy_last, future).double() * size
+        answers = {"": model.predict(past.to(device), n_future).cpu(),
+                   "true_pose_": decode_true_poses(model, past[:, -1], future, device),
+                   "copy_last_": past[:, -1:].expand_as(future)}
+        target = future[:, :, channels]
+        for prefix, answer in answers.items():
+            for name, metric in FRAME_METRICS.items():  # chunk means weighted by chunk size: the mean over clips
+                totals[prefix + name] += per_step(metric, answer[:, :, channels], target).double() * size
     return {name: (total / n_clips).tolist() for name, total in totals.items()}
 
 
 def plot_prediction_curves(prediction: dict[str, list[float]], path: Path) -> None:
-    """Save MSE, PSNR and SSIM per future step, the model against the copy-last-frame baseline."""
+    """Save MSE, PSNR and SSIM per future step: the LSTM, the decoder on true poses, copying the last frame."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -336,8 +254,8 @@ def plot_prediction_curves(prediction: dict[str, list[float]], path: Path) -> No
     fig, axes = plt.subplots(1, len(FRAME_METRICS), figsize=(4.2 * len(FRAME_METRICS), 3.4))
     steps = np.arange(1, len(prediction["mse"]) + 1)
     for ax, name in zip(axes, FRAME_METRICS, strict=True):
-        ax.plot(steps, prediction[name], label="pose LSTM")
-        ax.plot(steps, prediction["copy_last_" + name], label="copy last frame", linestyle="--")
+        for (prefix, label), style in zip(ANSWERS.items(), ("-", ":", "--"), strict=True):
+            ax.plot(steps, prediction[prefix + name], label=label, linestyle=style)
         ax.set_title(name.upper())
         ax.set_xlabel("future step")
         ax.legend(fontsize=7)
@@ -353,17 +271,33 @@ def format_table(results: dict) -> str:
     def add(part: str, what: str, value: float, reference: str = "") -> None:
         rows.append(f"{part:<15}{what:<38}{value:>10.4f}  {reference}")
 
+    if "swap" in results:  # first: the one number that tells whether the decoder uses the content
+        swap = results["swap"]
+        add("swap", "content transfer", swap["content_transfer"], "0: content unused; 1 - MSE / other clip's")
+        add("swap", "MSE to true swap, A's content", swap["swap_mse"],
+            f"other clip's content: {swap['swap_mse_other_content']:.4f}, mean content: "
+            f"{swap['swap_mse_mean_content']:.4f}, B's frame: {swap['swap_mse_pose_frame']:.4f}")
+    content = results["content"]
+    add("content", "invariance ratio", content["invariance_ratio"], "within / between clips; 0 ideal, 1 none")
+    add("content", "spread (std across clips)", content["spread"])
+    if "bn_scale" in content:
+        add("content", "head BatchNorm mean |gamma|", content["bn_scale"])
     rec = results["reconstruction"]
     add("reconstruction", "MSE", rec["mse"], f"copy x_t: {rec['copy_content_frame_mse']:.4f}")
     add("reconstruction", "PSNR (dB)", rec["psnr"])
     add("reconstruction", "SSIM", rec["ssim"])
-    if "swap" in results:
-        swap = results["swap"]
-        add("swap", "MSE to true swap", swap["mse"], f"B's frame: {swap['pose_frame_mse']:.4f}, "
-                                                     f"A's frame: {swap['content_frame_mse']:.4f}")
-        add("swap", "MSE reduction vs B's frame (%)", 100 * swap["improvement_over_pose_frame"])
-    for name, value in results["leakage"].items():
-        add("leakage", name.replace("_", " "), value, "chance 0.5")
+    leakage = results["leakage"]
+
+    def versus_positions(key: str) -> str:
+        position_only = leakage.get(f"position_only_discriminator_{key}")
+        return "chance 0.5" if position_only is None else f"positions only: {position_only:.4f}, chance 0.5"
+
+    add("leakage", "trained discriminator accuracy", leakage["trained_discriminator_accuracy"],
+        versus_positions("accuracy"))
+    add("leakage", "fresh discriminator accuracy", leakage["fresh_discriminator_accuracy"],
+        versus_positions("accuracy"))
+    add("leakage", "fresh discriminator train accuracy", leakage["fresh_discriminator_train_accuracy"],
+        versus_positions("train_accuracy"))
     for name, value in results.get("probes", {}).items():
         if not name.endswith("_chance"):
             label = name.rsplit("_from_", 1)[0]
@@ -374,7 +308,8 @@ def format_table(results: dict) -> str:
     for step in sorted({1, 10, n_steps} & set(range(1, n_steps + 1))):
         for name in FRAME_METRICS:
             add("prediction", f"{name.upper()} at step {step}", prediction[name][step - 1],
-                    f"copy last: {prediction['copy_last_' + name][step - 1]:.4f}")
+                f"true poses: {prediction['true_pose_' + name][step - 1]:.4f}, "
+                f"copy last: {prediction['copy_last_' + name][step - 1]:.4f}")
     head = (f"DRNET evaluation of {results['checkpoint']} (iteration {results['iteration']}, {results['dataset']}, "
             f"{results['eval_clips']} clips, seed {results['seed']})")
     skipped = [f"skipped {part}: {why}" for part, why in results["skipped"].items()]
@@ -403,29 +338,28 @@ def evaluate(checkpoint: str | Path, overrides: dict, device: torch.device) -> d
                "dataset": config["dataset"], "seed": seed, "max_step": config["max_step"], "eval_clips": n_clips,
                "eval_steps": n_steps, "skipped": {}}
     train_set, test_set = build_dataset(config, "train"), build_dataset(config, "test")
+    mnist = isinstance(test_set, MovingMNIST)
+    channels = digit_channels(test_set) if mnist else slice(None)
 
-    test_frames = test_set.drnet_batch(n_clips, seeded(seed, "test_frames"))
-    results["reconstruction"] = reconstruction_metrics(model, test_frames, device)
-    if isinstance(test_set, MovingMNIST):
+    if mnist:
         results["swap"] = swap_metrics(model, test_set, n_clips, seeded(seed, "swap"), device,
                                        out_dir / "swap_examples.png")
     else:
         results["skipped"]["swap"] = f"no ground-truth swaps for {config['dataset']}"
-    train_frames = train_set.drnet_batch(n_clips, seeded(seed, "train_frames"))
-    results["leakage"] = leakage_metrics(model, test_frames, train_frames, seed, device)
-    probes_generator = seeded(seed, "probes")
-    probes = probe_sets(model, train_set, test_set, n_clips, config["max_step"], probes_generator, device)
-    if probes is not None:
-        results["probes"] = probe_metrics(*probes)
-        if config["dataset"] == "norb":  # part of the probes: its draws follow theirs on the same stream
-            results["probes"].update(norb_category_probe(model, train_set, test_set, n_clips, probes_generator,
-                                                         device))
-    else:
-        results["skipped"]["probes"] = f"the {config['dataset']} loader gives no labels"
+    test = leakage_frames(test_set, n_clips, seeded(seed, "test_frames"))
+    results["content"] = content_metrics(model, test.frames, device)
+    results["reconstruction"] = reconstruction_metrics(model, test.frames, channels, device)
+    train = leakage_frames(train_set, n_clips, seeded(seed, "train_frames"))
+    results["leakage"] = leakage_metrics(model, test, train, seed, device)
+    try:
+        results["probes"] = probe_results(model, train_set, test_set, n_clips, seeded(seed, "probes"), device)
+    except NothingToProbe as reason:
+        results["skipped"]["probes"] = str(reason)
     if hasattr(model, "predict"):
         try:
             results["prediction"] = prediction_metrics(model, test_set, min(n_clips, PREDICTION_CLIPS),
-                                                       config["n_past"], n_steps, seeded(seed, "prediction"), device)
+                                                       config["n_past"], n_steps, channels,
+                                                       seeded(seed, "prediction"), device)
             plot_prediction_curves(results["prediction"], out_dir / "prediction_curves.png")
         except DRNetError as error:  # finite datasets (KTH) may hold no clip of n_past + eval_steps frames
             results["skipped"]["prediction"] = str(error)

@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 
 from datasets import DATASETS, available
-from models import SUPPORTED_SIZES
+from models import HEAD_DEFAULTS, SUPPORTED_SIZES
 from utils import DRNetError, resolve_device, setup_logging, str2bool
 
 # Shared defaults [py, seed]; per-dataset ones (sizes, architectures, dims, alpha, beta) live in DATASETS.
 DEFAULTS = {"lr": 0.002, "beta1": 0.5, "batch_size": 100, "max_iter": 50000, "max_step": 20,
             "save_iters": 500, "seed": 1, "data_root": "data", "num_digits": 2, "keep_checkpoints": 5,
-            "data_threads": 0, "device": "auto", "gpu": 0}
+            "data_threads": 0, "device": "auto", "gpu": 0, **HEAD_DEFAULTS}
 # Flags that choose what to do or where, never stored as part of the model's configuration.
 RUN_FLAGS = ("resume", "start_iter", "save_dir", "use_lstm", "evaluate", "checkpoint", "eval_clips", "eval_steps")
 
@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--pose_dim", type=int, help="size of the pose vector")
     model.add_argument("--image_width", type=int, help=f"frame size in px: {' or '.join(map(str, SUPPORTED_SIZES))}")
     model.add_argument("--channels", type=int, help="colour channels of the frames")
+    model.add_argument("--content_affine", **boolean, help="learnable scale and offset in the BatchNorm that ends "
+                                                           "the content encoder (the authors' code: True)")
+    model.add_argument("--normalize", **boolean, help="put content and pose vectors on the unit sphere, as the "
+                                                      "authors' Lua -normalize (False)")
     train = parser.add_argument_group("training")
     train.add_argument("--alpha", type=float, help="weight of the similarity loss")
     train.add_argument("--beta", type=float, help="weight of the adversarial loss")

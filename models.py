@@ -15,10 +15,14 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from utils import DRNetError
 
 SUPPORTED_SIZES = (64, 128)
+# Options of the encoders' code heads, at the authors' values: a learnable BatchNorm scale on the content
+# head, no projection onto the unit sphere.
+HEAD_DEFAULTS = {"content_affine": True, "normalize": False}
 
 
 def check_image_size(image_size: int) -> int:
@@ -47,28 +51,38 @@ def upconv_block(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class StagedEncoder(nn.Module):
-    """Encoder skeleton: stages down to 4 px (their outputs are the skips), then conv 4x4 valid -> dim, BN, Tanh."""
+    """Encoder skeleton: stages down to 4 px (their outputs are the skips), then conv 4x4 valid -> dim, BN, Tanh.
 
-    def __init__(self, stages: Iterable[nn.Module], width: int, dim: int):
+    `affine=False` gives the head's BatchNorm no learnable scale and offset: with a learnable scale the
+    similarity loss can shrink a code towards a constant while the decoder scales its weights up, a
+    symmetry that costs reconstruction almost nothing. `normalize=True` then puts the code on the unit
+    sphere, as the authors' Lua code does with its `-normalize` option (drnet/models/*.lua).
+    """
+
+    def __init__(self, stages: Iterable[nn.Module], width: int, dim: int, affine: bool = True,
+                 normalize: bool = False):
         super().__init__()
         self.stages = nn.ModuleList(stages)
-        self.head = nn.Sequential(nn.Conv2d(width, dim, 4, 1, 0, bias=False), nn.BatchNorm2d(dim), nn.Tanh())
+        self.head = nn.Sequential(nn.Conv2d(width, dim, 4, 1, 0, bias=False), nn.BatchNorm2d(dim, affine=affine),
+                                  nn.Tanh())
+        self.normalize = normalize
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         skips = []
         for stage in self.stages:
             x = stage(x)
             skips.append(x)
-        return self.head(x).flatten(1), skips
+        h = self.head(x).flatten(1)
+        return (F.normalize(h, dim=1) if self.normalize else h), skips
 
 
 class Encoder(StagedEncoder):
     """DCGAN encoder used for both content and pose: stride-2 stages down to 4 px, then a 4x4 valid conv."""
 
-    def __init__(self, channels: int, dim: int, image_size: int = 64):
+    def __init__(self, channels: int, dim: int, image_size: int = 64, **head: bool):
         widths = stage_channels(check_image_size(image_size))
         stages = [conv_block(c_in, c_out) for c_in, c_out in zip([channels] + widths[:-1], widths, strict=True)]
-        super().__init__(stages, widths[-1], dim)
+        super().__init__(stages, widths[-1], dim, **head)
 
 
 class StagedDecoder(nn.Module):
@@ -117,13 +131,13 @@ VGG_BLOCK_DEPTHS = (2, 2, 3, 3, 3)  # 3x3 convs per VGG16 block, finest first; 1
 class VGG16Encoder(StagedEncoder):
     """VGG16 encoder: blocks of 3x3 convs, each ending in a 2x2 max-pool whose output is its skip."""
 
-    def __init__(self, channels: int, dim: int, image_size: int = 64):
+    def __init__(self, channels: int, dim: int, image_size: int = 64, **head: bool):
         widths = stage_channels(check_image_size(image_size))  # 64 px: convs at 64, 32, 16, 8 px, pooled to 4
         depths = VGG_BLOCK_DEPTHS[:len(widths)]
         stages = [nn.Sequential(*(conv_block(c_in if i == 0 else width, width, 3, 1) for i in range(depth)),
                                 nn.MaxPool2d(2))
                   for c_in, width, depth in zip([channels] + widths[:-1], widths, depths, strict=True)]
-        super().__init__(stages, widths[-1], dim)
+        super().__init__(stages, widths[-1], dim, **head)
 
 
 class VGG16Decoder(StagedDecoder):
@@ -170,14 +184,14 @@ class ResidualBlock(nn.Module):
 class ResNet18Encoder(StagedEncoder):
     """ResNet-18 encoder for small frames: a 3x3 stem, then stages of two BasicBlocks, each halving the size."""
 
-    def __init__(self, channels: int, dim: int, image_size: int = 64):
+    def __init__(self, channels: int, dim: int, image_size: int = 64, **head: bool):
         widths = stage_channels(check_image_size(image_size))
         # ImageNet's 7x7 stride-2 stem and max-pool would end at 2 px from 64 px input; a stride-1 stem lets every
         # stage halve the resolution, so the skips take the DCGAN shapes (64 px: 64 @32 ... 512 @4).
         stages = [nn.Sequential(ResidualBlock(c_in, c_out, 2), ResidualBlock(c_out, c_out))
                   for c_in, c_out in zip(widths[:1] + widths[:-1], widths, strict=True)]
         stages[0].insert(0, conv_block(channels, widths[0], 3, 1))  # the first skip includes the stem
-        super().__init__(stages, widths[-1], dim)
+        super().__init__(stages, widths[-1], dim, **head)
 
 
 class SceneDiscriminator(nn.Module):
@@ -192,6 +206,23 @@ class SceneDiscriminator(nn.Module):
         return self.net(torch.cat([h_p1, h_p2], dim=1)).squeeze(1)
 
 
+def discriminator_pairs(h_p1: torch.Tensor, h_p2: torch.Tensor, generator: torch.Generator
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pairs for the scene discriminator: first half same clip (label 1), second half different clips (0).
+
+    The second half pairs each row with another clip's vector through a random cyclic permutation,
+    which has no fixed point, so no row is ever paired with itself.
+    """
+    batch = h_p1.shape[0]
+    order = torch.randperm(batch, generator=generator).to(h_p1.device)
+    partner = torch.empty_like(order)
+    partner[order] = order.roll(-1)  # each clip's partner is the next clip on a random cycle
+    half = batch // 2
+    second = torch.cat([h_p2[:half], h_p2[partner[half:]]])
+    labels = torch.cat([torch.ones(half), torch.zeros(batch - half)]).to(h_p1.device)
+    return h_p1, second, labels
+
+
 ENCODERS = {"dcgan": Encoder, "vgg16": VGG16Encoder, "resnet18": ResNet18Encoder}
 DECODERS = {"dcgan": Decoder, "vgg16": VGG16Decoder}
 
@@ -202,7 +233,7 @@ def init_weights(module: nn.Module) -> None:
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.BatchNorm2d):
+    elif isinstance(module, nn.BatchNorm2d) and module.affine:
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
 
@@ -222,8 +253,10 @@ class DRNet(nn.Module):
         size, channels = config["image_width"], config["channels"]
         content_dim, pose_dim = config["content_dim"], config["pose_dim"]
         self.use_skip = bool(config["use_skip"])
-        self.content_encoder = ENCODERS[config["content_encoder"]](channels, content_dim, size)
-        self.pose_encoder = ENCODERS[config["pose_encoder"]](channels, pose_dim, size)
+        normalize = architecture_value(config, "normalize")
+        self.content_encoder = ENCODERS[config["content_encoder"]](
+            channels, content_dim, size, affine=architecture_value(config, "content_affine"), normalize=normalize)
+        self.pose_encoder = ENCODERS[config["pose_encoder"]](channels, pose_dim, size, normalize=normalize)
         self.decoder = DECODERS[config["decoder"]](channels, content_dim, pose_dim, size, self.use_skip)
         self.scene_discriminator = SceneDiscriminator(pose_dim)
         self.apply(init_weights)
@@ -341,9 +374,14 @@ class DRNetPredictor(DRNet):
 
 
 def architecture_keys() -> tuple[str, ...]:
-    """Config keys that fix the shapes of the networks; two checkpoints agree on them or are incompatible."""
+    """Config keys that fix the networks; two checkpoints agree on them or are incompatible."""
     return ("content_encoder", "pose_encoder", "decoder", "image_width", "channels", "content_dim",
-            "pose_dim", "use_skip")
+            "pose_dim", "use_skip", *HEAD_DEFAULTS)
+
+
+def architecture_value(config: dict, key: str) -> object:
+    """`config[key]`, or for the code-head options the authors' default (checkpoints older than the option)."""
+    return config.get(key, HEAD_DEFAULTS.get(key))
 
 
 def load_model(path: str, device: str | torch.device = "cpu") -> DRNet:

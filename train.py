@@ -19,9 +19,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from datasets import build_dataset
+from datasets.moving_mnist import MovingMNIST
 from datasets.prefetch import BatchStream
 from metrics import mse
-from models import Content, DRNet, architecture_keys
+from models import Content, DRNet, architecture_keys, architecture_value, discriminator_pairs
+from transfer import SwapSet, content_transfer, digit_channels, invariance_ratio, swap_set
 from utils import (
     DRNetError,
     MetricsLog,
@@ -38,23 +40,8 @@ log = logging.getLogger("drnet")
 
 METRICS = ["rec", "sim", "adv", "disc_loss", "disc_acc"]
 TEST_CLIPS = 64  # fixed test clips for the periodic test MSE and pictures
-
-
-def discriminator_pairs(h_p1: torch.Tensor, h_p2: torch.Tensor, generator: torch.Generator
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pairs for the scene discriminator: first half same clip (label 1), second half different clips (0).
-
-    The second half pairs each row with another clip's vector through a random cyclic permutation,
-    which has no fixed point, so no row is ever paired with itself.
-    """
-    batch = h_p1.shape[0]
-    order = torch.randperm(batch, generator=generator).to(h_p1.device)
-    partner = torch.empty_like(order)
-    partner[order] = order.roll(-1)  # each clip's partner is the next clip on a random cycle
-    half = batch // 2
-    second = torch.cat([h_p2[:half], h_p2[partner[half:]]])
-    labels = torch.cat([torch.ones(half), torch.zeros(batch - half)]).to(h_p1.device)
-    return h_p1, second, labels
+TEST_METRICS = ["test_content_transfer", "test_rec_mse", "test_content_ratio", "test_content_spread"]
+SWAP_CLIPS = 200  # fixed Moving MNIST test swaps for the periodic content transfer
 
 
 def similarity_loss(h_c1: torch.Tensor, h_c2: torch.Tensor) -> torch.Tensor:
@@ -121,24 +108,30 @@ def make_optimizers(model: DRNet, config: dict) -> dict[str, torch.optim.Optimiz
 
 @torch.no_grad()
 def report_test_clips(model: DRNet, test_frames: torch.Tensor, test_clips: torch.Tensor, out_dir: Path,
-                  iteration: int) -> dict[str, float]:
+                      iteration: int, swaps: SwapSet | None = None, channels: slice = slice(None)
+                      ) -> dict[str, float]:
     """Save a reconstruction grid and an analogy grid of the fixed test clips; return the test metrics.
 
-    `test_content_spread` is the mean standard deviation of the content vectors across the test clips:
-    when it falls towards 0 the content has collapsed to a constant (the similarity loss's trivial
-    optimum) and the decoder draws from the pose alone.
+    `test_content_ratio` is the within-clip over between-clip variance of the content vector (scale-free;
+    near 0: content constant over time, different between clips); `test_content_spread` its raw standard
+    deviation across clips. With `swaps` (Moving MNIST), `test_content_transfer` tells whether the decoder
+    uses the content at all (0: it draws from the pose alone; see transfer.py).
     """
     model.eval()
-    x_c, _, x_p, _ = test_frames
-    chunks = range(0, len(x_c), 32)
-    contents = [model.encode_content(x_c[i:i + 32]) for i in chunks]
+    x_c1, x_c2, x_p, _ = test_frames
+    chunks = range(0, len(x_c1), 32)
+    contents = [model.encode_content(x_c1[i:i + 32]) for i in chunks]
     reconstruction = torch.cat([model.decode(content, model.encode_pose(x_p[i:i + 32]))
                                 for content, i in zip(contents, chunks, strict=True)])
-    content_spread = torch.cat([content.h for content in contents]).std(0)
-    values = {"test_rec_mse": mse(reconstruction, x_p).mean().item(),
-              "test_content_spread": content_spread.mean().item()}
+    h_c1 = torch.cat([content.h for content in contents])
+    h_c2 = torch.cat([model.encode_content(x_c2[i:i + 32]).h for i in chunks])
+    values = {"test_rec_mse": mse(reconstruction[:, channels], x_p[:, channels]).mean().item(),
+              "test_content_spread": h_c1.std(0).mean().item(),
+              "test_content_ratio": invariance_ratio(h_c1, h_c2)}
+    if swaps is not None:
+        values["test_content_transfer"] = content_transfer(model, swaps, channels, x_c1.device)["content_transfer"]
     shown = 8  # rows of the grid: content frame | pose frame | content rendered in that pose
-    triplets = torch.stack([x_c[:shown], x_p[:shown], reconstruction[:shown]], dim=1).flatten(0, 1)
+    triplets = torch.stack([x_c1[:shown], x_p[:shown], reconstruction[:shown]], dim=1).flatten(0, 1)
     save_image_grid(triplets, out_dir / f"reconstruction_{iteration:07d}.png", columns=3)
     # Analogies: row i takes its content from frame 0 of clip i, column t its pose from frame t of clip 0.
     pose_clip, content_frames = test_clips[0], test_clips[1:, 0]
@@ -165,8 +158,9 @@ def checkpoint_path(run_dir: Path, iteration: int | None = None) -> Path:
 def check_architecture(checkpoint: dict, config: dict, path: Path, keys: tuple[str, ...] | None = None) -> None:
     """Refuse a checkpoint from another dataset, or whose networks differ in `keys` (default: all of them)."""
     keys = architecture_keys() if keys is None else keys
-    mismatched = [f"{k}={checkpoint['config'].get(k)!r} (asked: {config[k]!r})" for k in keys
-                  if checkpoint["config"].get(k) != config[k]]
+    stored = checkpoint["config"]
+    mismatched = [f"{k}={architecture_value(stored, k)!r} (asked: {architecture_value(config, k)!r})" for k in keys
+                  if architecture_value(stored, k) != architecture_value(config, k)]
     if checkpoint["config"].get("dataset") != config["dataset"]:
         mismatched.insert(0, f"dataset={checkpoint['config'].get('dataset')!r} (asked: {config['dataset']!r})")
     if mismatched:
@@ -250,25 +244,30 @@ def train_drnet(config: dict, device: torch.device) -> DRNet:
     test_generator = torch.Generator().manual_seed(config["seed"] + 1)
     test_frames = test_set.drnet_batch(TEST_CLIPS, test_generator).to(device)
     test_clips = test_set.sequence_batch(9, min(config["max_step"], 10), test_generator).to(device)
+    mnist = isinstance(test_set, MovingMNIST)
+    swaps = swap_set(test_set, SWAP_CLIPS, test_generator) if mnist else None
+    channels = digit_channels(test_set) if mnist else slice(None)
 
     metrics = MetricsLog(run_dir / "metrics.csv", METRICS, resume_from=start if start else None)
-    test_metrics = MetricsLog(run_dir / "test_metrics.csv", ["test_rec_mse", "test_content_spread"],
-                              resume_from=start if start else None)
-    curves = {"reconstruction (mse)": [(run_dir / "metrics.csv", "rec"), (run_dir / "test_metrics.csv",
-                                                                         "test_rec_mse")],
-              "similarity (mse), content spread": [(run_dir / "metrics.csv", "sim"),
-                                                   (run_dir / "test_metrics.csv", "test_content_spread")],
+    test_metrics = MetricsLog(run_dir / "test_metrics.csv", TEST_METRICS, resume_from=start if start else None)
+    test_csv = run_dir / "test_metrics.csv"
+    curves = {"content transfer, content ratio": [(test_csv, "test_content_transfer"),
+                                                  (test_csv, "test_content_ratio")],
+              "reconstruction (mse)": [(run_dir / "metrics.csv", "rec"), (test_csv, "test_rec_mse")],
+              "similarity (mse), content spread": [(run_dir / "metrics.csv", "sim"), (test_csv, "test_content_spread")],
               "scene discriminator loss": [(run_dir / "metrics.csv", "disc_loss"), (run_dir / "metrics.csv", "adv")],
               "scene discriminator accuracy": [(run_dir / "metrics.csv", "disc_acc")]}
 
     def save_everything(iteration: int, data_state: torch.Tensor) -> None:
         save_run_state(run_dir, model, optimizers, config, iteration, data_state, config["keep_checkpoints"])
-        test_values = report_test_clips(model, test_frames, test_clips, run_dir / "samples", iteration)
+        test_values = report_test_clips(model, test_frames, test_clips, run_dir / "samples", iteration, swaps,
+                                        channels)
         test_metrics.append(iteration, test_values)
         plot_curves(curves, run_dir / "loss_curves.png")
-        log.info("iteration %d: test reconstruction mse %.5f, content spread %.4f; checkpoint %s", iteration,
-                 test_values["test_rec_mse"], test_values["test_content_spread"],
-                 checkpoint_path(run_dir))
+        transfer = (f"content transfer {test_values['test_content_transfer']:.3f}, " if mnist else "")
+        log.info("iteration %d: %stest reconstruction mse %.5f, content ratio %.3f, spread %.4f; checkpoint %s",
+                 iteration, transfer, test_values["test_rec_mse"], test_values["test_content_ratio"],
+                 test_values["test_content_spread"], checkpoint_path(run_dir))
 
     model.train()
     # `generator` draws the batches only (possibly ahead, on the loader thread); the discriminator's pairs

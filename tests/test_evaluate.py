@@ -11,8 +11,8 @@ import main
 from datasets import moving_mnist
 from datasets.moving_mnist import DIGIT_SIZE, Clips, MovingMNIST
 from metrics import mse, per_step
-from models import Content
-from train import checkpoint_path, discriminator_pairs
+from models import Content, discriminator_pairs
+from train import checkpoint_path
 
 EVAL_FLAGS = ["--eval_clips", "6", "--eval_steps", "3", "--device", "cpu"]
 CPU = torch.device("cpu")

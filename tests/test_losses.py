@@ -4,10 +4,9 @@ import math
 
 import torch
 
-from models import DRNet
+from models import DRNet, discriminator_pairs
 from train import (
     adversarial_loss,
-    discriminator_pairs,
     drnet_loss,
     make_optimizers,
     report_test_clips,
