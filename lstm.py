@@ -116,11 +116,11 @@ def strip_every(rollout_len: int) -> int:
 
 @torch.no_grad()
 def save_rollout(model: DRNetPredictor, clips: torch.Tensor, n_past: int, rollout_len: int, out_dir: Path,
-                 iteration: int) -> tuple[Path, Path]:
-    """Roll clips (N, T, C, H, W) out `rollout_len` frames from `n_past`; save a PNG strip and a GIF.
+                 name: str) -> tuple[Path, Path]:
+    """Roll clips (N, T, C, H, W) out `rollout_len` frames from `n_past`; save `<name>_everyK.png` and `<name>.gif`.
 
     Each strip row pair is: observed frames (green) then generated ones (red), and under it the ground
-    truth (grey) where the clip has it. The strip shows every k-th generated frame (k in the file name).
+    truth (grey) where the clip has it. The strip shows every K-th generated frame.
     """
     generated = model.predict(clips[:, :n_past], rollout_len).cpu()
     clips = clips.cpu()
@@ -139,7 +139,7 @@ def save_rollout(model: DRNetPredictor, clips: torch.Tensor, n_past: int, rollou
 
     rows = [cells for i in range(len(clips)) for cells in (predicted_cells(i, shown_times),
                                                             truth_cells(i, shown_times))]
-    strip = out_dir / f"rollout_{iteration:07d}_every{every}.png"
+    strip = out_dir / f"{name}_every{every}.png"
     save_image_grid(torch.cat(rows), strip, columns=len(shown_times))
 
     gif_frames = []
@@ -148,7 +148,7 @@ def save_rollout(model: DRNetPredictor, clips: torch.Tensor, n_past: int, rollou
                            torch.cat([truth_cells(i, [t]) for i in range(len(clips))])])
         grid = make_grid(cells, nrow=len(clips), padding=2, pad_value=1.0)
         gif_frames.append(Image.fromarray((grid.permute(1, 2, 0) * 255).round().byte().numpy()))
-    animation = out_dir / f"rollout_{iteration:07d}.gif"
+    animation = out_dir / f"{name}.gif"
     gif_frames[0].save(animation, save_all=True, append_images=gif_frames[1:], duration=GIF_FRAME_MS, loop=0)
     return strip, animation
 
@@ -208,7 +208,8 @@ def train_lstm(config: dict, device: torch.device) -> DRNetPredictor:
         write_checkpoints(run_dir, state, iteration, config["keep_checkpoints"])
         values = step_mse(model, metric_clips, n_past, steps)
         test_metrics.append(iteration, values)
-        strip, animation = save_rollout(model, picture_clips, n_past, rollout_len, run_dir / "samples", iteration)
+        strip, animation = save_rollout(model, picture_clips, n_past, rollout_len, run_dir / "samples",
+                                        f"rollout_{iteration:07d}")
         plot_curves(curves, run_dir / "loss_curves.png")
         report = ", ".join(f"step {s} {values[f'mse_step{s}']:.5f} (copy-last {values[f'copy_last_step{s}']:.5f})"
                            for s in steps)

@@ -250,6 +250,7 @@ class DRNet(nn.Module):
 
     def __init__(self, config: dict):
         super().__init__()
+        self.config = dict(config)  # what it was built from: a loaded model says what it is
         size, channels = config["image_width"], config["channels"]
         content_dim, pose_dim = config["content_dim"], config["pose_dim"]
         self.use_skip = bool(config["use_skip"])

@@ -23,7 +23,7 @@ from datasets.moving_mnist import MovingMNIST
 from datasets.prefetch import BatchStream
 from metrics import mse
 from models import Content, DRNet, architecture_keys, architecture_value, discriminator_pairs
-from transfer import SwapSet, content_transfer, digit_channels, invariance_ratio, swap_set
+from transfer import SwapSet, content_transfer, digit_channels, expand, invariance_ratio, swap_set
 from utils import (
     DRNetError,
     MetricsLog,
@@ -133,19 +133,22 @@ def report_test_clips(model: DRNet, test_frames: torch.Tensor, test_clips: torch
     shown = 8  # rows of the grid: content frame | pose frame | content rendered in that pose
     triplets = torch.stack([x_c1[:shown], x_p[:shown], reconstruction[:shown]], dim=1).flatten(0, 1)
     save_image_grid(triplets, out_dir / f"reconstruction_{iteration:07d}.png", columns=3)
-    # Analogies: row i takes its content from frame 0 of clip i, column t its pose from frame t of clip 0.
-    pose_clip, content_frames = test_clips[0], test_clips[1:, 0]
-    content = model.encode_content(content_frames)
-    rows = len(content_frames)
-    pose = model.encode_pose(pose_clip)
-    cells = [model.decode(Content(content.h[i:i + 1].expand(len(pose), -1),
-                                  [s[i:i + 1].expand(len(pose), -1, -1, -1) for s in content.skips]), pose)
-             for i in range(rows)]
-    blank = torch.ones_like(pose_clip[:1])
-    grid = [torch.cat([blank, pose_clip])] + [torch.cat([content_frames[i:i + 1], cells[i]]) for i in range(rows)]
-    save_image_grid(torch.cat(grid), out_dir / f"analogy_{iteration:07d}.png", columns=len(pose_clip) + 1)
+    save_analogy_grid(model, test_clips, out_dir / f"analogy_{iteration:07d}.png")
     model.train()
     return values
+
+
+@torch.no_grad()
+def save_analogy_grid(model: DRNet, clips: torch.Tensor, path: Path) -> None:
+    """Save the analogy grid of clips (N, T, C, S, S): row i is clip i's frame 0 rendered in each pose of clip 0."""
+    pose_clip, content_frames = clips[0], clips[1:, 0]
+    content = model.encode_content(content_frames)
+    pose = model.encode_pose(pose_clip)
+    cells = [model.decode(expand(Content(content.h[i:i + 1], [s[i:i + 1] for s in content.skips]), len(pose)), pose)
+             for i in range(len(content_frames))]
+    blank = torch.ones_like(pose_clip[:1])
+    grid = [torch.cat([blank, pose_clip])] + [torch.cat([content_frames[i:i + 1], row]) for i, row in enumerate(cells)]
+    save_image_grid(torch.cat(grid), path, columns=len(pose_clip) + 1)
 
 
 def checkpoint_path(run_dir: Path, iteration: int | None = None) -> Path:

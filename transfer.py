@@ -101,11 +101,12 @@ def content_transfer(model: DRNet, swaps: SwapSet, channels: slice, device: torc
 
 
 def invariance_ratio(first: torch.Tensor, second: torch.Tensor) -> float:
-    """Within-clip over between-clip variance of a code, from two frames' vectors (N, dim) of N clips.
+    """Within-clip share of a code's variance, from two frames' vectors (N, dim) of each of N clips.
 
-    Scale-free: shrinking the code (a smaller BatchNorm scale) leaves it unchanged. 0 means the content of
-    a clip never changes over time while clips differ; 1 means time changes it as much as the clip does.
+    The within-clip variance (half the mean squared difference of a clip's two vectors) over the total
+    variance of all 2N vectors. Scale-free: shrinking the code (a smaller BatchNorm scale) leaves it
+    unchanged. 0: the code never changes over time while clips differ; 1: it holds nothing of the clip.
     """
     within = (first - second).pow(2).mean() / 2
-    between = ((first + second) / 2).var(0).mean()
-    return (within / between.clamp_min(1e-12)).item()
+    total = torch.cat([first, second]).var(0).mean()
+    return (within / total.clamp_min(1e-12)).item()

@@ -92,6 +92,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return checkpoint
 
 
+def export_weights(checkpoint: dict, path: str | Path) -> None:
+    """Save a checkpoint's weights in half precision, without optimizer or random states, for shipping.
+
+    `load_model` reads the result like any checkpoint (loading casts the weights back to float32).
+    """
+    def half(state: dict) -> dict:
+        return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+    kept = {k: v for k, v in checkpoint.items() if k not in ("optimizers", "rng")}
+    kept["model"] = half(checkpoint["model"])
+    if "lstm" in checkpoint:
+        kept["lstm"] = half(checkpoint["lstm"])
+    save_checkpoint(kept, path)
+
+
 class TqdmHandler(logging.Handler):
     """Logging handler that prints through tqdm, so messages do not break the progress bar."""
 

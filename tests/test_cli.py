@@ -3,6 +3,7 @@
 import argparse
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -57,6 +58,8 @@ def test_two_iteration_run_writes_every_output(tiny_args, tmp_path):
     test_rows = list(csv.DictReader(open(run / "test_metrics.csv")))
     assert [r["iteration"] for r in test_rows] == ["1", "2"] and float(test_rows[-1]["test_rec_mse"]) > 0
     assert float(test_rows[-1]["test_content_spread"]) > 0
+    assert list(test_rows[0])[:2] == ["iteration", "test_content_transfer"]  # the disentanglement signal leads
+    assert all(math.isfinite(float(test_rows[-1][k])) for k in ("test_content_transfer", "test_content_ratio"))
     for name in ("checkpoint.pt", "checkpoints/iter_0000001.pt", "checkpoints/iter_0000002.pt",
                  "samples/reconstruction_0000002.png", "samples/analogy_0000002.png", "loss_curves.png"):
         assert (run / name).stat().st_size > 0, name

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from models import DRNet, discriminator_pairs
@@ -13,6 +14,7 @@ from train import (
     similarity_loss,
     train_step,
 )
+from transfer import invariance_ratio
 
 CONFIG = {"image_width": 64, "channels": 3, "content_dim": 8, "pose_dim": 3, "use_skip": False,
           "content_encoder": "dcgan", "pose_encoder": "dcgan", "decoder": "dcgan", "lr": 0.002, "beta1": 0.5}
@@ -105,3 +107,34 @@ def test_content_spread_reports_a_collapsed_content_vector(tmp_path):
     collapsed = report_test_clips(model, frames, clips, tmp_path, 2)
     assert collapsed["test_content_spread"] == 0
     assert (tmp_path / "analogy_0000002.png").is_file() and (tmp_path / "reconstruction_0000002.png").is_file()
+
+
+def test_content_ratio_is_scale_free_and_zero_for_a_time_invariant_content():
+    first, second = torch.randn(50, 8), torch.randn(50, 8)
+    assert invariance_ratio(first, second) == pytest.approx(invariance_ratio(0.01 * first, 0.01 * second), rel=1e-4)
+    assert invariance_ratio(first, first) == 0  # the same content at both times
+    assert 0.9 < invariance_ratio(first, second) < 1.1  # unrelated frames: time changes it as much as the clip
+    clip = torch.randn(50, 8)
+    assert 0.05 < invariance_ratio(clip + 0.3 * first, clip + 0.3 * second) < 0.12  # 0.09 / 1.09
+
+
+def test_periodic_content_transfer_is_zero_when_the_decoder_ignores_the_content(tmp_path):
+    from datasets.moving_mnist import MovingMNIST
+    from transfer import swap_set
+
+    torch.manual_seed(0)
+    model = DRNet(CONFIG)
+    with torch.no_grad():  # eval-mode BatchNorm of fresh networks shrinks every signal: make them sensitive
+        model.content_encoder.head[1].running_var.fill_(1e-4)
+        for layer in model.decoder.modules():
+            if isinstance(layer, torch.nn.ConvTranspose2d):
+                layer.weight.mul_(25)
+    dataset = MovingMNIST(torch.randint(0, 255, (20, 28, 28), dtype=torch.uint8), torch.arange(20) % 10)
+    swaps = swap_set(dataset, 6, torch.Generator().manual_seed(0))
+    frames, clips = torch.rand(4, 6, 3, 64, 64), torch.rand(3, 4, 3, 64, 64)
+    used = report_test_clips(model, frames, clips, tmp_path, 1, swaps, slice(0, 2))["test_content_transfer"]
+    assert abs(used) > 1e-4  # a fresh decoder's output depends on its content input
+    with torch.no_grad():  # the decoder's first layer reads content channels first: zero their weights
+        model.decoder.head[0].weight[:CONFIG["content_dim"]] = 0
+    ignored = report_test_clips(model, frames, clips, tmp_path, 2, swaps, slice(0, 2))["test_content_transfer"]
+    assert ignored == pytest.approx(0, abs=1e-6)

@@ -11,11 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
+import demo
 import main
 from datasets import DATASETS, moving_mnist
 from lstm import freeze_drnet, lstm_step, teacher_forced_loss
 from models import DRNet, DRNetPredictor, PoseLSTM, load_model
-from utils import read_metrics
+from utils import export_weights, read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +249,33 @@ def test_errors_are_one_line(case, drnet_dir, tiny, tmp_path, capsys):
     output = (captured.out + captured.err).strip()
     assert expected in output and len(output.splitlines()) == 1
     assert not (tmp_path / "run" / "lstm" / "checkpoint.pt").exists()
+
+
+def test_half_precision_export_loads_and_predicts_like_the_original(lstm_dir, tmp_path):
+    source = lstm_dir[0] / "checkpoint.pt"
+    shipped = tmp_path / "shipped.pt"
+    export_weights(torch.load(source, weights_only=True), shipped)
+    stored = torch.load(shipped, weights_only=True)
+    assert "optimizers" not in stored and "rng" not in stored
+    assert {v.dtype for v in stored["lstm"].values()} == {torch.float16}
+    assert shipped.stat().st_size < 0.6 * source.stat().st_size
+    past = torch.rand(2, 3, 3, 64, 64)
+    original, exported = load_model(source), load_model(shipped)
+    assert all(p.dtype == torch.float32 for p in exported.parameters())  # cast back on loading
+    assert torch.allclose(original.predict(past, 4), exported.predict(past, 4), atol=2e-2)
+
+
+def test_demo_writes_every_picture_from_a_model(lstm_dir, tmp_path, capsys):
+    out = tmp_path / "demo"
+    demo.main(["--model", str(lstm_dir[0] / "checkpoint.pt"), "--out", str(out), "--frames", "12"])
+    for name in ("analogy.png", "swaps.png", "rollout.gif", "rollout_every1.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert Image.open(out / "rollout.gif").n_frames == 10 + 12
+    assert "content transfer" in capsys.readouterr().out
+
+
+def test_demo_without_a_model_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        demo.main(["--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "demo")])
+    assert stop.value.code == 2
+    assert "no checkpoint at" in capsys.readouterr().err

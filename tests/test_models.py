@@ -94,3 +94,21 @@ def test_init_weights_ignores_layers_without_parameters():
     linear = torch.nn.Linear(3, 4)
     init_weights(linear)
     assert torch.all(linear.bias == 0)
+
+
+def test_content_head_without_affine_has_no_scale_and_sphere_codes_have_unit_norm():
+    model = DRNet(mnist_config(content_affine=False, normalize=True)).eval()
+    head_norm = model.content_encoder.head[1]
+    assert head_norm.weight is None and head_norm.bias is None  # nothing the similarity loss could shrink
+    assert model.pose_encoder.head[1].weight is not None  # the pose head keeps the authors' BatchNorm
+    frames = torch.rand(3, 3, 64, 64)
+    assert torch.allclose(model.encode_content(frames).h.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(model.encode_pose(frames).norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_config_without_head_options_builds_the_authors_heads():
+    """Checkpoints written before the head options existed rebuild with a learnable scale and no sphere."""
+    model = DRNet(mnist_config()).eval()
+    assert model.content_encoder.head[1].weight is not None
+    h = model.encode_content(torch.rand(4, 3, 64, 64)).h
+    assert not torch.allclose(h.norm(dim=1), torch.ones(4))
