@@ -273,15 +273,16 @@ def format_table(results: dict) -> str:
 
     if "swap" in results:  # first: the one number that tells whether the decoder uses the content
         swap = results["swap"]
-        add("swap", "content transfer", swap["content_transfer"], "0: content unused; 1 - MSE / other clip's")
+        add("swap", "content transfer", swap["content_transfer"],
+            "1 - MSE / MSE with other clip's content; 0: content unused")
         add("swap", "MSE to true swap, A's content", swap["swap_mse"],
             f"other clip's content: {swap['swap_mse_other_content']:.4f}, mean content: "
             f"{swap['swap_mse_mean_content']:.4f}, B's frame: {swap['swap_mse_pose_frame']:.4f}")
     content = results["content"]
     add("content", "invariance ratio", content["invariance_ratio"], "within / between clips; 0 ideal, 1 none")
-    add("content", "spread (std across clips)", content["spread"])
+    add("content", "spread (std across clips)", content["spread"], "not scale-free: shrinks with the scale")
     if "bn_scale" in content:
-        add("content", "head BatchNorm mean |gamma|", content["bn_scale"])
+        add("content", "head BatchNorm mean |gamma|", content["bn_scale"], "initialised at 1")
     rec = results["reconstruction"]
     add("reconstruction", "MSE", rec["mse"], f"copy x_t: {rec['copy_content_frame_mse']:.4f}")
     add("reconstruction", "PSNR (dB)", rec["psnr"])

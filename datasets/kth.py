@@ -13,9 +13,11 @@ Sampling, per clip, each choice uniform: a class, a video of that class, one of 
   when it is shorter), and four frames drawn independently and uniformly from that window;
 - ``sequence_batch``: T consecutive frames inside the segment, drawn only among segments of at least
   T frames (a class or video without one is not drawn).
+- ``probe_batch`` (the evaluation's probes): the first frame of such a window and a random frame of
+  it, with (B, 2) int64 labels in the columns of ``LABEL_COLUMNS`` (the class's index in ``KTH_CLASSES``
+  and the person number, 1-25) and the video's index as the clip's identity: part 0 holds the videos of
+  even index, part 1 those of odd index (sorted by name, so a person's videos of one action fall on both).
 All draws use the caller's torch.Generator, so the same generator state gives the same batch.
-``sequence_batch(..., return_labels=True)`` also returns (B, 2) int64 labels with the columns of
-``LABEL_COLUMNS``: the class's index in ``KTH_CLASSES`` and the person number (1-25).
 
 Frames are decoded lazily with PIL and kept in a bounded least-recently-used cache (not thread-safe:
 one loader per process).
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from datasets import ProbeBatch
 from datasets.cache import FrameCache
 from datasets.convert_kth import FRAME_FILE, IMAGE_SIZES, INDEX_FILE, processed_dir
 from datasets.kth_download import KTH_CLASSES
@@ -54,6 +57,8 @@ def _draw(high: int, generator: torch.Generator) -> int:
 
 class KTHClips:
     """KTH clips of one split: class -> video -> action segment -> frames, PNGs read lazily."""
+
+    label_columns = LABEL_COLUMNS
 
     def __init__(self, data_root: str, split: str, image_size: int, channels: int, max_step: int,
                  cache_frames: int = DEFAULT_CACHE_FRAMES) -> None:
@@ -111,6 +116,11 @@ class KTHClips:
         """Number of videos in this split."""
         return len(self.videos)
 
+    @property
+    def num_identities(self) -> int:
+        """Number of identities (videos) in this split: the probes' fitting and scoring clips share none."""
+        return self.num_videos
+
     @staticmethod
     def _check_batch_size(batch_size: int) -> None:
         """Raise DRNetError unless the batch size is positive."""
@@ -132,6 +142,15 @@ class KTHClips:
         video, segments = videos[_draw(len(videos), generator)]
         start, end = segments[_draw(len(segments), generator)]
         return video, start, end
+
+    def _draw_window(self, eligible: list, generator: torch.Generator) -> tuple[int, int, int]:
+        """Draw a segment, then a window of `max_step` frames inside it (all of a shorter segment).
+
+        Returns (video, first frame of the window, window length).
+        """
+        video, start, end = self._draw_segment(eligible, generator)
+        window = min(self.max_step, end - start)
+        return video, start + _draw(end - start - window + 1, generator), window
 
     def _frame(self, video: int, index: int) -> np.ndarray:
         """Frame `index` (0-based) of a video as uint8 (S, S), through the bounded cache."""
@@ -165,16 +184,32 @@ class KTHClips:
         self._check_batch_size(batch_size)
         videos, frames = [], []
         for _ in range(batch_size):
-            video, start, end = self._draw_segment(self._drnet_eligible, generator)
-            window = min(self.max_step, end - start)
-            window_start = start + _draw(end - start - window + 1, generator)
+            video, window_start, window = self._draw_window(self._drnet_eligible, generator)
             videos.append(video)
             frames.append(window_start + torch.randint(window, (4,), generator=generator))
         return self._gather(videos, torch.stack(frames)).transpose(0, 1).contiguous()
 
-    def sequence_batch(self, batch_size: int, length: int, generator: torch.Generator,
-                       return_labels: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, 1, S, S) runs of T consecutive frames in one segment; return_labels adds (B, 2) labels."""
+    def probe_batch(self, batch_size: int, generator: torch.Generator, part: int | None = None) -> ProbeBatch:
+        """A window's first frame and a random frame of it, (B, 2, 1, S, S), from videos of identity part 0 or 1.
+
+        Only two frames per clip are read, however long the window.
+        """
+        self._check_batch_size(batch_size)
+        eligible = [[(video, segments) for video, segments in videos if part is None or video % 2 == part]
+                    for videos in self._drnet_eligible]
+        eligible = [videos for videos in eligible if videos]  # a class may have no video in this part
+        if not eligible:
+            raise DRNetError(f"no KTH {self.split} video in probe part {part}: the split holds "
+                             f"{self.num_videos} video(s), the probes need at least two")
+        videos, frames = [], []
+        for _ in range(batch_size):
+            video, window_start, window = self._draw_window(eligible, generator)
+            videos.append(video)
+            frames.append(torch.tensor([window_start, window_start + _draw(window, generator)]))
+        return ProbeBatch(self._gather(videos, torch.stack(frames)), self._labels[videos], torch.tensor(videos))
+
+    def sequence_batch(self, batch_size: int, length: int, generator: torch.Generator) -> torch.Tensor:
+        """(B, T, 1, S, S) runs of T consecutive frames in one segment."""
         self._check_batch_size(batch_size)
         if length < 1:
             raise DRNetError(f"sequence length must be positive, got {length}")
@@ -187,5 +222,4 @@ class KTHClips:
             first = start + _draw(end - start - length + 1, generator)
             videos.append(video)
             frames.append(torch.arange(first, first + length))
-        sequences = self._gather(videos, torch.stack(frames))
-        return (sequences, self._labels[videos]) if return_labels else sequences
+        return self._gather(videos, torch.stack(frames))

@@ -21,8 +21,10 @@ or a sequence may start at any azimuth and wrap from 340° to 0°, and a sequenc
 goes round again instead of failing.
 
 Labels for evaluation: `clip_labels()` is a (num_clips, 4) int64 tensor with the columns of
-`LABEL_COLUMNS` (category, instance, elevation, lighting); `sequence_batch(..., return_labels=True)`
-also returns the label rows of the clips it drew, and `clip_sequence` gives any clip's frames.
+`LABEL_COLUMNS` (category, instance, elevation, lighting), and `clip_sequence` gives any clip's frames.
+A clip's identity is its toy, (category, instance); `probe_batch` draws clips of the toys of one part
+(even or odd rank) with their category, elevation and lighting: the instance is left out, since the two
+parts hold different toys.
 """
 
 import argparse
@@ -200,6 +202,10 @@ def load_norb_split(data_root: str, split: str, image_size: int) -> tuple[torch.
 
 class NorbClips(CyclicClips):
     """smallNORB clips of one split: a toy at fixed elevation and lighting sweeping 18 azimuths (cyclic)."""
+
+    clip_columns = LABEL_COLUMNS
+    identity_columns = ("category", "instance")
+    label_columns = ("category", "elevation", "lighting")
 
     def __init__(self, data_root: str, split: str, image_size: int, channels: int, max_step: int) -> None:
         if split not in SPLIT_FILE_PREFIX:

@@ -15,8 +15,9 @@ batch first needs it (converted to RGB, or to grey for channels=1, and resized w
 
 Labels for evaluation: `clip_labels()` is a (num_clips, 2) int64 tensor with the columns of
 `LABEL_COLUMNS`: the object's index in `objects` (this split's sorted object names) and the number `e`
-of its elevation folder; `sequence_batch(..., return_labels=True)` also returns the label rows of the
-clips it drew, and `clip_sequence` gives any clip's frames.
+of its elevation folder; `clip_sequence` gives any clip's frames. A clip's identity is its chair;
+`probe_batch` draws clips of the chairs of one part (even or odd index) with their elevation only, since
+the two parts hold different chairs.
 """
 
 import re
@@ -79,6 +80,10 @@ def read_view(path: Path, image_size: int, channels: int) -> torch.Tensor:
 
 class SuncgClips(CyclicClips):
     """SUNCG chair clips of one split: 36 views round a chair at one elevation (cyclic), PNGs read lazily."""
+
+    clip_columns = LABEL_COLUMNS
+    identity_columns = ("object",)
+    label_columns = ("elevation",)
 
     def __init__(self, data_root: str, split: str, image_size: int, channels: int, max_step: int,
                  cache_frames: int = DEFAULT_CACHE_FRAMES) -> None:

@@ -200,15 +200,33 @@ def test_test_split_and_segments_shorter_than_the_window(converted: Path) -> Non
 
 def test_sequences_are_consecutive_inside_long_enough_segments(converted: Path) -> None:
     clips = KTHClips(str(converted), "test", SIZE, 1, max_step=4)
-    sequences, labels = clips.sequence_batch(40, 8, torch.Generator().manual_seed(2), return_labels=True)
-    for sequence, label in zip(sequences, labels, strict=True):
-        video, frames, segment = identify_clip(sequence)
+    for sequence in clips.sequence_batch(40, 8, torch.Generator().manual_seed(2)):
+        _, frames, segment = identify_clip(sequence)
         assert frames == list(range(frames[0], frames[0] + 8))
         # person17's first segment has only 6 frames, so it can never hold an 8-frame sequence.
         assert segment != (0, 6)
-        assert label.tolist() == [5 if "walking" in video else 0, int(video[6:8])]
     with pytest.raises(DRNetError, match="no KTH test segment has 25 frames"):
         clips.sequence_batch(1, 25, torch.Generator())
+
+
+def test_probe_batches_hold_two_frames_of_a_window_and_parts_share_no_video(converted: Path) -> None:
+    clips = KTHClips(str(converted), "train", SIZE, 1, max_step=4)
+    assert clips.num_identities == 3 and clips.label_columns == ("class", "person")
+    videos_of_part = {}
+    for part in (0, 1, None):
+        batch = clips.probe_batch(60, torch.Generator().manual_seed(3), part)
+        assert batch.frames.shape == (60, 2, 1, SIZE, SIZE) and batch.labels.shape == (60, 2)
+        videos_of_part[part] = set()
+        for frames, label, identity in zip(*batch, strict=True):
+            video, (first, second), _ = identify_clip(frames)  # both frames in one segment
+            assert 0 <= second - first < 4  # the window's first frame, then one of its max_step frames
+            assert clips.videos[identity]["name"] == video
+            assert label.tolist() == [5 if "walking" in video else 0, int(video[6:8])]
+            videos_of_part[part].add(video)
+    # The train videos in name order: person01_boxing_d1, person02_walking_d2, person16_boxing_d4.
+    assert videos_of_part[0] == {"person01_boxing_d1", "person16_boxing_d4"}
+    assert videos_of_part[1] == {"person02_walking_d2"}
+    assert videos_of_part[None] == videos_of_part[0] | videos_of_part[1]
 
 
 def test_missing_data_error_names_both_commands(converted: Path, tmp_path: Path) -> None:

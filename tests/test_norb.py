@@ -92,11 +92,6 @@ def clip_code(frames: torch.Tensor) -> torch.Tensor:
     return (frames[..., 0, -1, -1] * 255).round().long()
 
 
-def codes_of_labels(labels: torch.Tensor) -> torch.Tensor:
-    """Clip codes of (N, 4) label rows (category, instance, elevation, lighting)."""
-    return torch.tensor([CLIP_CODE[tuple(row)] for row in labels.tolist()])
-
-
 def test_reader_returns_arrays_with_padded_header(tmp_path):
     # A 1-d file stores three sizes, so its data starts at byte 20: a reader that skipped only
     # ndim sizes would be 8 bytes off and fail the size check.
@@ -154,13 +149,33 @@ def test_drnet_batch_repeats_with_the_same_seed(train_clips):
 
 
 def test_sequence_batch_is_consecutive_and_wraps_round(train_clips):
-    frames, labels = train_clips.sequence_batch(6, 25, torch.Generator().manual_seed(5), return_labels=True)
-    assert frames.shape == (6, 25, 1, 64, 64) and labels.shape == (6, 4)
+    frames = train_clips.sequence_batch(6, 25, torch.Generator().manual_seed(5))
+    assert frames.shape == (6, 25, 1, 64, 64)
     azimuths = azimuth_index(frames)
     assert (torch.diff(azimuths, dim=1) % 18 == 1).all()
-    assert (clip_code(frames) == codes_of_labels(labels)[:, None]).all()
+    assert (clip_code(frames) == clip_code(frames[:, :1])).all()
     again = train_clips.sequence_batch(6, 25, torch.Generator().manual_seed(5))
     assert torch.equal(frames, again)
+
+
+def test_probe_batches_hold_two_views_of_a_window_and_parts_share_no_toy(train_clips):
+    assert train_clips.num_identities == 3 and train_clips.label_columns == ("category", "elevation", "lighting")
+    key_of_code = {code: key for key, code in CLIP_CODE.items()}
+    toys = {}
+    for part in (0, 1, None):
+        batch = train_clips.probe_batch(80, torch.Generator().manual_seed(1), part)
+        assert batch.frames.shape == (80, 2, 1, 64, 64)
+        codes = clip_code(batch.frames)
+        assert (codes[:, 0] == codes[:, 1]).all()  # two views of one clip
+        azimuths = azimuth_index(batch.frames)
+        assert ((azimuths[:, 1] - azimuths[:, 0]) % 18 < 5).all()  # the window's first view, then one of max_step
+        keys = [key_of_code[code] for code in codes[:, 0].tolist()]
+        assert batch.labels.tolist() == [[category, elevation, lighting] for category, _, elevation, lighting in keys]
+        toy_of_identity = {identity: key[:2] for identity, key in zip(batch.identities.tolist(), keys, strict=True)}
+        assert len(set(toy_of_identity.values())) == len(toy_of_identity)  # one identity per toy
+        toys[part] = set(toy_of_identity.values())
+    # Toys in sorted order (0, 4), (0, 6), (3, 7): even ranks in part 0, odd in part 1.
+    assert toys[0] == {(0, 4), (3, 7)} and toys[1] == {(0, 6)} and toys[None] == toys[0] | toys[1]
 
 
 def test_three_channels_repeat_the_grey(norb_root):

@@ -121,13 +121,35 @@ def test_batches_repeat_with_the_same_seed(train_clips):
     assert torch.equal(sequence, train_clips.sequence_batch(3, 7, torch.Generator().manual_seed(3)))
 
 
-def test_sequence_batch_is_consecutive_with_labels(train_clips):
-    frames, labels = train_clips.sequence_batch(5, 40, torch.Generator().manual_seed(5), return_labels=True)
-    assert frames.shape == (5, 40, 3, 64, 64) and labels.shape == (5, 2)
+def test_sequence_batch_is_consecutive_in_one_clip(train_clips):
+    frames = train_clips.sequence_batch(5, 40, torch.Generator().manual_seed(5))
+    assert frames.shape == (5, 40, 3, 64, 64)
     views, objects, elevations = encoded(frames)
     assert (torch.diff(views, dim=1) % 36 == 1).all()
-    object_codes, elevation_codes = expected_codes(train_clips, labels)
-    assert (objects == object_codes[:, None]).all() and (elevations == elevation_codes[:, None]).all()
+    assert (objects == objects[:, :1]).all() and (elevations == elevations[:, :1]).all()
+
+
+def test_probe_batches_hold_two_views_of_a_window_and_parts_share_no_chair(train_clips, tmp_path):
+    assert train_clips.num_identities == 6 and train_clips.label_columns == ("elevation",)
+    chairs = {}
+    for part in (0, 1, None):
+        batch = train_clips.probe_batch(60, torch.Generator().manual_seed(1), part)
+        assert batch.frames.shape == (60, 2, 3, 64, 64) and batch.labels.shape == (60, 1)
+        views, objects, elevations = encoded(batch.frames)
+        assert (objects[:, 0] == objects[:, 1]).all() and (elevations[:, 0] == elevations[:, 1]).all()
+        assert ((views[:, 1] - views[:, 0]) % 36 < 5).all()  # the window's first view, then one of max_step
+        identity_rows = torch.stack([batch.identities, batch.labels[:, 0]], dim=1)  # (object index, elevation)
+        object_codes, elevation_codes = expected_codes(train_clips, identity_rows)
+        assert torch.equal(objects[:, 0], object_codes) and torch.equal(elevations[:, 0], elevation_codes)
+        chairs[part] = {train_clips.objects[index] for index in batch.identities.tolist()}
+    # The six train chairs in sorted order: even indices in part 0, odd in part 1.
+    assert chairs[0] == set(SORTED_OBJECTS[0:6:2]) and chairs[1] == set(SORTED_OBJECTS[1:6:2])
+    assert chairs[None] == chairs[0] | chairs[1]
+    write_tree(tmp_path, objects=SORTED_OBJECTS[:3], elevations=(0,))
+    lone = SuncgClips(str(tmp_path), "test", 64, 3, 5)  # one chair: no two parts
+    assert lone.num_identities == 1
+    with pytest.raises(DRNetError, match="no clip in probe part 1"):
+        lone.probe_batch(4, torch.Generator(), 1)
 
 
 def test_cache_is_bounded_and_reused(suncg_root, monkeypatch):
