@@ -13,10 +13,11 @@ eval_clips, eval_steps), a `skipped` map (part -> why it did not run) and one se
   swap_mse_mean_content with the mean content, swap_mse_pose_frame the trivial answer B_t (right places,
   wrong digits). content_transfer = 1 - swap_mse / swap_mse_other_content: 0 when the decoder ignores its
   content (a good-looking reconstruction can come from the pose alone), towards 1 as it relies on it.
-- content: invariance_ratio, the within-clip over the between-clip variance of the content vectors of two
-  frames of the same test clips (scale-free: 0 is ideal, 1 means time changes the content as much as the
-  clip does); spread, their mean standard deviation across clips, and bn_scale, the mean |gamma| of the
-  content head's BatchNorm when it has one: both fall when the content shrinks, whatever it holds.
+- content: invariance_ratio, the within-clip share of the variance of the content vectors of two frames of
+  the same test clips (scale-free: 0 when the content never changes within a clip while clips differ, 1
+  when it holds nothing of the clip); spread, their mean standard deviation across clips, and bn_scale, the
+  mean |gamma| of the content head's BatchNorm when it has one: both fall when the content shrinks,
+  whatever it holds.
 - reconstruction: mse, psnr, ssim of D(E_c(x_t), E_p(x_t+k)) against x_t+k (t, t+k: two random frames
   of a max_step window of a test clip); copy_content_frame_mse is the answer "x_t itself".
 - leakage: accuracy of the trained scene discriminator on test pairs (half same clip, half different
@@ -279,7 +280,7 @@ def format_table(results: dict) -> str:
             f"other clip's content: {swap['swap_mse_other_content']:.4f}, mean content: "
             f"{swap['swap_mse_mean_content']:.4f}, B's frame: {swap['swap_mse_pose_frame']:.4f}")
     content = results["content"]
-    add("content", "invariance ratio", content["invariance_ratio"], "within / between clips; 0 ideal, 1 none")
+    add("content", "invariance ratio", content["invariance_ratio"], "within-clip share; 0 ideal, 1 none")
     add("content", "spread (std across clips)", content["spread"], "not scale-free: shrinks with the scale")
     if "bn_scale" in content:
         add("content", "head BatchNorm mean |gamma|", content["bn_scale"], "initialised at 1")

@@ -13,6 +13,9 @@ NORB binary-matrix format, all integers little-endian int32:
     dims     max(ndim, 3) sizes: at least three are always stored, the unused ones are 1, so the
              1-d `cat` and the 2-d `info` files both have a 20-byte header and `dat` a 24-byte one
     data     prod(dims[:ndim]) values in C order (last index fastest), nothing after them
+The official files' headers (both splits): `dat` magic 0x1E3D4C55, ndim 4, dims 24300 2 96 96 (a
+447,897,624-byte file); `cat` 0x1E3D4C54, ndim 1, dims 24300 1 1 (97,220 bytes); `info` 0x1E3D4C54,
+ndim 2, dims 24300 4 1 (388,820 bytes).
 
 A clip is one (category, instance, elevation, lighting) with its 18 azimuths in azimuth order, left
 camera only, resized once to `image_size` (antialiased) and kept in memory as uint8 (about 100 MB per
@@ -73,6 +76,30 @@ def norb_file_names(split: str) -> dict[str, str]:
     return {kind: f"{prefix}-{kind}.mat" for kind in ("dat", "cat", "info")}
 
 
+def parse_norb_header(raw: bytes, path: Path, expected_magic: int) -> tuple[tuple[int, ...], int]:
+    """The sizes a NORB binary-matrix header at the start of `raw` gives, and the header's length in bytes."""
+    if len(raw) < 8:
+        raise DRNetError(f"smallNORB file {path} is truncated: {len(raw)} bytes, shorter than a header")
+    magic, ndim = struct.unpack_from("<ii", raw, 0)
+    if magic != expected_magic:
+        raise DRNetError(f"smallNORB file {path} has magic number {magic & 0xFFFFFFFF:#x}, "
+                         f"expected {expected_magic:#x}: wrong or corrupt file")
+    if not 1 <= ndim <= _MAX_NDIM:
+        raise DRNetError(f"smallNORB file {path} is corrupt: its header gives {ndim} dimensions")
+    stored = max(ndim, 3)  # at least three sizes always: the official -cat (ndim 1) stores 24300 1 1
+    header_bytes = 8 + 4 * stored
+    if len(raw) < header_bytes:
+        raise DRNetError(f"smallNORB file {path} is truncated inside its header ({len(raw)} bytes)")
+    sizes = struct.unpack_from(f"<{stored}i", raw, 8)
+    dims = sizes[:ndim]
+    if min(dims) < 0:
+        raise DRNetError(f"smallNORB file {path} is corrupt: negative size in {dims}")
+    if any(size != 1 for size in sizes[ndim:]):  # the format pads with 1s: anything else is not a NORB header
+        raise DRNetError(f"smallNORB file {path} is corrupt: its header gives {ndim} dimensions and pads "
+                         f"the sizes {sizes} with {sizes[ndim:]}, not with 1s")
+    return dims, header_bytes
+
+
 def read_norb_matrix(path: str | Path, expected_magic: int) -> np.ndarray:
     """Read one NORB binary-matrix file (plain or `.gz`), checking its magic number and its size."""
     path = Path(path)
@@ -84,20 +111,7 @@ def read_norb_matrix(path: str | Path, expected_magic: int) -> np.ndarray:
             raw = path.read_bytes()
     except (OSError, EOFError, zlib.error) as error:
         raise DRNetError(f"cannot read smallNORB file {path}: {error}") from error
-    if len(raw) < 8:
-        raise DRNetError(f"smallNORB file {path} is truncated: {len(raw)} bytes, shorter than a header")
-    magic, ndim = struct.unpack_from("<ii", raw, 0)
-    if magic != expected_magic:
-        raise DRNetError(f"smallNORB file {path} has magic number {magic & 0xFFFFFFFF:#x}, "
-                         f"expected {expected_magic:#x}: wrong or corrupt file")
-    if not 1 <= ndim <= _MAX_NDIM:
-        raise DRNetError(f"smallNORB file {path} is corrupt: its header gives {ndim} dimensions")
-    header_bytes = 8 + 4 * max(ndim, 3)
-    if len(raw) < header_bytes:
-        raise DRNetError(f"smallNORB file {path} is truncated inside its header ({len(raw)} bytes)")
-    dims = struct.unpack_from(f"<{ndim}i", raw, 8)
-    if min(dims) < 0:
-        raise DRNetError(f"smallNORB file {path} is corrupt: negative size in {dims}")
+    dims, header_bytes = parse_norb_header(raw, path, expected_magic)
     dtype = _DTYPE_OF_MAGIC[expected_magic]
     count = math.prod(dims)
     expected_bytes = header_bytes + count * dtype.itemsize

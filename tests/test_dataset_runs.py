@@ -2,7 +2,8 @@
 
 Each dataset trains DRNET for two iterations with its own defaults (architectures, dims, channels) and
 then the pose LSTM on it, which `--evaluate` then scores; smallNORB also resumes (with the loader
-thread) to the weights of one uninterrupted run. The fixed test clips behind the periodic pictures and
+thread) to the weights of one uninterrupted run, SUNCG resumes its second iteration on a tree with the real
+set's elevation folder names. The fixed test clips behind the periodic pictures and
 metrics are made fewer here (module constants of train.py and lstm.py): that only saves time, the code
 paths are the same.
 """
@@ -16,11 +17,12 @@ import torch
 from kth_fakes import write_fake_raw
 from PIL import Image, ImageSequence
 from test_norb import write_split
-from test_suncg import OBJECTS, write_tree
+from test_suncg import ELEVATIONS, OBJECTS, VIEWS, write_tree
 
 import lstm
 import train
 from datasets.convert_kth import convert_kth
+from datasets.suncg import suncg_chair_dir, view_file_name
 from main import main
 
 KTH_SIZE = 64
@@ -170,18 +172,28 @@ def test_norb_lstm_rolls_out_past_the_18_azimuths(norb_root, norb_run):
 
 @pytest.fixture(scope="module")
 def suncg_root(tmp_path_factory) -> Path:
-    """A tiny SUNCG chair tree: seven chairs (five train, two test: the probes' two parts) at one elevation."""
+    """A tiny SUNCG chair tree with the real folder names: seven chairs (five train, two test: the probes' two
+    parts) at the five elevations elevation_-1.00 .. elevation_2.00, one of the train chairs lacking one."""
     root = tmp_path_factory.mktemp("suncg")
-    write_tree(root, objects=OBJECTS[:7], elevations=(2,))
+    write_tree(root, objects=OBJECTS[:7])
+    missing = suncg_chair_dir(str(root)) / sorted(OBJECTS[:7])[0] / f"elevation_{ELEVATIONS[0]}"
+    for view in VIEWS:
+        (missing / view_file_name(view)).unlink()
+    missing.rmdir()
     return root
 
 
-def test_suncg_trains_then_its_lstm(suncg_root, tmp_path):
+def test_suncg_trains_resumes_then_its_lstm_with_the_real_folder_names(suncg_root, tmp_path, capsys):
     run_dir = tmp_path / "suncg"
-    main(flags("suncg", suncg_root, run_dir, "--data_threads", "1"))
+    main(flags("suncg", suncg_root, run_dir, "--data_threads", "1", "--max_iter", "1"))
+    assert "SUNCG chairs train: 1 of 5 chairs lack some elevation" in capsys.readouterr().err
+    main(flags("suncg", suncg_root, run_dir, "--resume", "True"))
     check_drnet_run(run_dir, {"image_width": 64, "channels": 3, "content_encoder": "resnet18",
-                              "pose_encoder": "resnet18", "decoder": "dcgan", "use_skip": False, "pose_dim": 10})
+                              "pose_encoder": "resnet18", "decoder": "dcgan", "use_skip": False, "pose_dim": 10,
+                              "data_threads": 1})
     main(lstm_flags("suncg", suncg_root, run_dir, "--rollout_len", "40"))
     columns = check_lstm_run(run_dir / "lstm", frames=2 + 40)
     assert "mse_step10" in columns
-    assert {"elevation_from_content", "elevation_from_pose"} <= set(evaluate_lstm(run_dir)["probes"])
+    probes = evaluate_lstm(run_dir)["probes"]
+    assert {"elevation_from_content", "elevation_from_pose"} <= set(probes)
+    assert probes["elevation_chance"] < 1  # the probes met several elevations, not one

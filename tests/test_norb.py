@@ -10,6 +10,7 @@ import io
 import struct
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +29,17 @@ ALL_CLIP_KEYS = sorted((category, instance, elevation, lighting)
                        for objects in OBJECTS.values() for category, instance in objects
                        for elevation in ELEVATIONS for lighting in LIGHTINGS)
 CLIP_CODE = {key: 180 + index for index, key in enumerate(ALL_CLIP_KEYS)}  # 180..199, below 255
+# The official files' headers as the dataset's page ("THE small NORB DATASET, V1.0") gives them, spelt out in
+# little-endian bytes so that they do not depend on the writer below: magic, ndim, then at least three sizes.
+OFFICIAL_ROWS = 24300
+OFFICIAL_HEADERS = {
+    "dat": bytes.fromhex("554c3d1e" "04000000" "ec5e0000" "02000000" "60000000" "60000000"),  # 24300 2 96 96 ubyte
+    "cat": bytes.fromhex("544c3d1e" "01000000" "ec5e0000" "01000000" "01000000"),  # int, ndim 1: 24300 1 1
+    "info": bytes.fromhex("544c3d1e" "02000000" "ec5e0000" "04000000" "01000000"),  # int, ndim 2: 24300 4 1
+}
+OFFICIAL_SHAPES = {"dat": (OFFICIAL_ROWS, 2, 96, 96), "cat": (OFFICIAL_ROWS,), "info": (OFFICIAL_ROWS, 4)}
+OFFICIAL_FILE_BYTES = {"dat": 447_897_624, "cat": 97_220, "info": 388_820}
+MAGIC_OF_KIND = {"dat": 0x1E3D4C55, "cat": 0x1E3D4C54, "info": 0x1E3D4C54}  # ubyte matrix, integer matrix
 
 
 def write_matrix(path, array: np.ndarray, magic: int) -> None:
@@ -103,6 +115,49 @@ def test_reader_returns_arrays_with_padded_header(tmp_path):
         assert read.shape == array.shape
         np.testing.assert_array_equal(read, array)
     assert (tmp_path / "c.mat").stat().st_size == 20 + 4 * len(cat)
+
+
+def test_official_file_names_and_magic_numbers():
+    assert norb_file_names("train") == {kind: f"smallnorb-5x46789x9x18x6x2x96x96-training-{kind}.mat"
+                                        for kind in ("dat", "cat", "info")}
+    assert norb_file_names("test") == {kind: f"smallnorb-5x01235x9x18x6x2x96x96-testing-{kind}.mat"
+                                       for kind in ("dat", "cat", "info")}
+    assert (norb.MAGIC_UINT8, norb.MAGIC_INT32) == (MAGIC_OF_KIND["dat"], MAGIC_OF_KIND["cat"])
+
+
+def test_official_headers_give_the_official_shapes_and_file_sizes():
+    for kind, header in OFFICIAL_HEADERS.items():
+        dims, header_bytes = norb.parse_norb_header(header, Path(f"official-{kind}.mat"), MAGIC_OF_KIND[kind])
+        assert (dims, header_bytes) == (OFFICIAL_SHAPES[kind], len(header))
+        item_bytes = 1 if kind == "dat" else 4
+        assert header_bytes + np.prod(dims) * item_bytes == OFFICIAL_FILE_BYTES[kind]
+
+
+def test_official_size_category_and_info_files_read(tmp_path):
+    # Full-size -cat and -info files (the -dat is 448 MB) with the official header bytes, values as in the data.
+    values = {"cat": np.arange(OFFICIAL_ROWS, dtype="<i4") % 5,
+              "info": np.arange(4 * OFFICIAL_ROWS, dtype="<i4").reshape(OFFICIAL_ROWS, 4) % 9}
+    for kind, array in values.items():
+        path = tmp_path / f"{kind}.mat"
+        path.write_bytes(OFFICIAL_HEADERS[kind] + array.tobytes())
+        assert path.stat().st_size == OFFICIAL_FILE_BYTES[kind]
+        np.testing.assert_array_equal(read_norb_matrix(path, MAGIC_OF_KIND[kind]), array)
+
+
+def test_test_files_have_the_official_headers(tmp_path):
+    paths = write_split(tmp_path, "train", gz=False)
+    rows = len(split_arrays("train")[1])
+    for kind, path in paths.items():
+        official = OFFICIAL_HEADERS[kind]
+        # The official header with this file's row count in place of 24300.
+        assert path.read_bytes()[:len(official)] == official[:8] + struct.pack("<i", rows) + official[12:], kind
+
+
+def test_header_padded_with_other_than_ones_is_corrupt(tmp_path):
+    path = tmp_path / "cat.mat"
+    path.write_bytes(struct.pack("<5i", norb.MAGIC_INT32, 1, 4, 2, 1) + bytes(16))
+    with pytest.raises(DRNetError, match=r"gives 1 dimensions and pads the sizes \(4, 2, 1\) with \(2, 1\)"):
+        read_norb_matrix(path, norb.MAGIC_INT32)
 
 
 def test_clips_hold_left_camera_azimuths_in_order(train_clips):

@@ -1,9 +1,12 @@
 """SUNCG chairs loader on a tiny tree written here in the real layout (64x64 RGB PNGs, 36 views).
 
 Every view encodes what it shows: red = 7 * view (view 1..36), green = a code of the object, blue = a
-code of the elevation. Elevation folders are numbered 2 and 10 so that a name sort (10 before 2) and a
-number sort differ.
+code of the elevation's value. The elevation folders have the real set's names, signed decimals whose
+name order (-0.25 before -1.00) differs from their value order; one tree has integer names (2 and 10,
+where a name sort puts 10 first).
 """
+
+import logging
 
 import numpy as np
 import pytest
@@ -11,12 +14,13 @@ import torch
 from PIL import Image
 
 from datasets import suncg
-from datasets.suncg import SuncgClips, split_objects, suncg_chair_dir, view_file_name
+from datasets.suncg import SuncgClips, elevation_value, split_objects, suncg_chair_dir, view_file_name
 from utils import DRNetError
 
 OBJECTS = [f"{name}_chair" for name in ("f3", "a1", "c9", "b2", "h0", "e5", "d4", "g7")]  # unsorted
 SORTED_OBJECTS = sorted(OBJECTS)
-ELEVATIONS = (2, 10)
+ELEVATIONS = ("1.25", "-1.00", "0.50", "2.00", "-0.25")  # the real set's folder names, elevation_<e>
+ELEVATION_VALUES = [-1.0, -0.25, 0.5, 1.25, 2.0]  # their values in order: the loader's `elevations`
 VIEWS = range(1, 37)
 
 
@@ -25,20 +29,20 @@ def object_code(name: str) -> int:
     return 20 * SORTED_OBJECTS.index(name) + 10
 
 
-def elevation_code(elevation: int) -> int:
-    """Blue value that identifies an elevation."""
-    return 10 * elevation + 5
+def elevation_code(elevation: float) -> int:
+    """Blue value that identifies an elevation value (a multiple of 0.25 in -10..10)."""
+    return round(128 + 12 * elevation)
 
 
-def write_tree(data_root, objects=OBJECTS, elevations=ELEVATIONS) -> None:
-    """Write the chair tree with one PNG per (object, elevation, view) and some unrelated entries."""
+def write_tree(data_root, objects=OBJECTS, elevations: tuple[str | int, ...] = ELEVATIONS) -> None:
+    """Write the chair tree with one PNG per (object, elevation folder name, view) and some unrelated entries."""
     chair_dir = suncg_chair_dir(str(data_root))
     for name in objects:
         for elevation in elevations:
             folder = chair_dir / name / f"elevation_{elevation}"
             folder.mkdir(parents=True)
             for view in VIEWS:
-                colour = (7 * view, object_code(name), elevation_code(elevation))
+                colour = (7 * view, object_code(name), elevation_code(float(elevation)))
                 Image.new("RGB", (64, 64), colour).save(folder / view_file_name(view))
         (chair_dir / name / "notes.txt").write_text("not an elevation folder")
     (chair_dir / "README").write_text("not an object folder")
@@ -65,9 +69,9 @@ def encoded(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 
 
 def expected_codes(clips: SuncgClips, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Object and elevation codes of (N, 2) label rows (object index, elevation)."""
+    """Object and elevation codes of (N, 2) label rows (object index, elevation rank)."""
     objects = torch.tensor([object_code(clips.objects[index]) for index in labels[:, 0].tolist()])
-    return objects, torch.tensor([elevation_code(e) for e in labels[:, 1].tolist()])
+    return objects, torch.tensor([elevation_code(clips.elevations[rank]) for rank in labels[:, 1].tolist()])
 
 
 def test_split_is_sorted_deterministic_and_disjoint(suncg_root, train_clips):
@@ -82,11 +86,24 @@ def test_split_is_sorted_deterministic_and_disjoint(suncg_root, train_clips):
         split_objects(["only"], "train")
 
 
+def test_elevation_folder_names_are_signed_decimals_or_integers():
+    for name, value in [("elevation_1.25", 1.25), ("elevation_-1.00", -1.0), ("elevation_0.50", 0.5),
+                        ("elevation_2.00", 2.0), ("elevation_-0.25", -0.25), ("elevation_2", 2.0),
+                        ("elevation_10", 10.0), ("elevation_+0.5", 0.5), ("elevation_-.5", -0.5)]:
+        assert elevation_value(name) == value, name
+    for name in ("elevation_", "elevation_abc", "elevation_1e3", "elevation_nan", "elevation_inf", "elevation_1.",
+                 "elevation_1.2.3", "elevation_ 1", "Elevation_1", "elevation_1.25.bak", "notes.txt"):
+        assert elevation_value(name) is None, name
+
+
 def test_clips_are_object_elevation_pairs_with_views_in_order(train_clips):
+    # Labels are the elevations' ranks by value (logistic-regression probes need classes); the values
+    # themselves are in `elevations`, and the blue code of every frame is checked against them.
+    assert train_clips.elevations == ELEVATION_VALUES
     labels = train_clips.clip_labels()
     assert labels.dtype == torch.int64
-    assert labels.tolist() == [[index, elevation] for index in range(6) for elevation in ELEVATIONS]
-    assert train_clips.num_clips == 12
+    assert labels.tolist() == [[index, rank] for index in range(6) for rank in range(5)]
+    assert train_clips.num_clips == 30
     object_codes, elevation_codes = expected_codes(train_clips, labels)
     for clip in range(train_clips.num_clips):
         frames = train_clips.clip_sequence(clip, 0, 36)
@@ -145,7 +162,7 @@ def test_probe_batches_hold_two_views_of_a_window_and_parts_share_no_chair(train
     # The six train chairs in sorted order: even indices in part 0, odd in part 1.
     assert chairs[0] == set(SORTED_OBJECTS[0:6:2]) and chairs[1] == set(SORTED_OBJECTS[1:6:2])
     assert chairs[None] == chairs[0] | chairs[1]
-    write_tree(tmp_path, objects=SORTED_OBJECTS[:3], elevations=(0,))
+    write_tree(tmp_path, objects=SORTED_OBJECTS[:3], elevations=("0.50",))
     lone = SuncgClips(str(tmp_path), "test", 64, 3, 5)  # one chair: no two parts
     assert lone.num_identities == 1
     with pytest.raises(DRNetError, match="no clip in probe part 1"):
@@ -177,7 +194,7 @@ def test_grey_and_resized_frames(suncg_root):
     grey = SuncgClips(str(suncg_root), "train", 32, 1, 5)
     frames = grey.clip_sequence(0, 0, 2)
     assert frames.shape == (2, 1, 32, 32)
-    colour = (7, object_code(SORTED_OBJECTS[0]), elevation_code(ELEVATIONS[0]))
+    colour = (7, object_code(SORTED_OBJECTS[0]), elevation_code(ELEVATION_VALUES[0]))  # clip 0: the lowest
     expected = Image.new("RGB", (1, 1), colour).convert("L").getpixel((0, 0))
     assert torch.allclose(frames[0], torch.full((1, 32, 32), expected / 255))
     with pytest.raises(DRNetError, match="channels"):
@@ -194,8 +211,8 @@ def test_missing_folder_explains_the_dataset_is_gone(tmp_path):
 
 
 def test_missing_and_corrupt_views_name_the_file(tmp_path):
-    write_tree(tmp_path, objects=SORTED_OBJECTS[:2], elevations=(0,))
-    folder = suncg_chair_dir(str(tmp_path)) / SORTED_OBJECTS[0] / "elevation_0"  # clip 0 of "train"
+    write_tree(tmp_path, objects=SORTED_OBJECTS[:2], elevations=("-1.00",))
+    folder = suncg_chair_dir(str(tmp_path)) / SORTED_OBJECTS[0] / "elevation_-1.00"  # clip 0 of "train"
     (folder / view_file_name(5)).unlink()
     (folder / view_file_name(6)).write_bytes(b"\x89PNG\r\n\x1a\n" + np.arange(50, dtype=np.uint8).tobytes())
     clips = SuncgClips(str(tmp_path), "train", 64, 3, 5)
@@ -205,10 +222,54 @@ def test_missing_and_corrupt_views_name_the_file(tmp_path):
         assert str(folder / view_file_name(view)) in str(error.value)
 
 
+def test_integer_folder_names_still_load_in_value_order(tmp_path):
+    write_tree(tmp_path, objects=SORTED_OBJECTS[:2], elevations=(10, 2))
+    clips = SuncgClips(str(tmp_path), "train", 64, 3, 5)
+    assert clips.elevations == [2.0, 10.0]  # by value: a name sort would put 10 first
+    assert clips.clip_labels().tolist() == [[0, 0], [0, 1]]
+    _, elevations = expected_codes(clips, clips.clip_labels())
+    assert elevations.tolist() == [elevation_code(2), elevation_code(10)]
+    for clip in range(2):
+        assert encoded(clips.clip_sequence(clip, 0, 1))[2].item() == elevations[clip]
+
+
+def test_missing_elevations_load_what_is_there_and_are_logged(tmp_path, caplog, monkeypatch):
+    # setup_logging (run by other tests) stops the drnet logger from propagating to caplog's handler.
+    monkeypatch.setattr(logging.getLogger("drnet"), "propagate", True)
+    caplog.set_level(logging.INFO, logger="drnet")
+    write_tree(tmp_path, objects=SORTED_OBJECTS[:3])  # two train chairs, one test chair
+    chair_dir = suncg_chair_dir(str(tmp_path))
+    for name, elevation in [(SORTED_OBJECTS[0], "0.50"), (SORTED_OBJECTS[0], "2.00"), (SORTED_OBJECTS[2], "-1.00")]:
+        for view in VIEWS:
+            (chair_dir / name / f"elevation_{elevation}" / view_file_name(view)).unlink()
+        (chair_dir / name / f"elevation_{elevation}").rmdir()
+    train = SuncgClips(str(tmp_path), "train", 64, 3, 5)
+    assert train.clip_labels().tolist() == [[0, 0], [0, 1], [0, 3]] + [[1, rank] for rank in range(5)]
+    assert (f"SUNCG chairs train: 1 of 2 chairs lack some elevation (the first: {SORTED_OBJECTS[0]}); their 2 "
+            "missing clips are skipped") in caplog.text
+    _, elevations = expected_codes(train, train.clip_labels())
+    assert [encoded(train.clip_sequence(clip, 0, 1))[2].item() for clip in range(8)] == elevations.tolist()
+    # The test chair has no elevation -1.00: the ranks still count it, so a rank names one value in both splits.
+    test = SuncgClips(str(tmp_path), "test", 64, 3, 5)
+    assert test.elevations == ELEVATION_VALUES and test.clip_labels().tolist() == [[0, 1], [0, 2], [0, 3], [0, 4]]
+    assert "SUNCG chairs test: 1 of 1 chairs lack some elevation" in caplog.text
+
+
 def test_object_without_elevation_folders_is_reported(tmp_path):
-    write_tree(tmp_path, objects=SORTED_OBJECTS[:3], elevations=(0,))
+    write_tree(tmp_path, objects=SORTED_OBJECTS[:3], elevations=("0.50",))
     empty = suncg_chair_dir(str(tmp_path)) / "0_empty_chair"  # sorts first, so it is in "train"
-    empty.mkdir()
+    (empty / "elevation_high").mkdir(parents=True)  # neither a number
+    (empty / "elevation_1.25").write_text("")  # nor a folder
     with pytest.raises(DRNetError, match="no elevation_<e> folders") as error:
         SuncgClips(str(tmp_path), "train", 64, 3, 5)
-    assert str(empty) in str(error.value)
+    assert str(empty) in str(error.value) and "signed decimal" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_two_folders_for_one_elevation_are_reported(tmp_path):
+    write_tree(tmp_path, objects=SORTED_OBJECTS[:3], elevations=("2.00",))
+    (suncg_chair_dir(str(tmp_path)) / SORTED_OBJECTS[2] / "elevation_2").mkdir()  # a test chair: both splits fail
+    for split in ("train", "test"):
+        with pytest.raises(DRNetError, match="two folders for elevation 2 in") as error:
+            SuncgClips(str(tmp_path), split, 64, 3, 5)
+        assert "elevation_2 and elevation_2.00" in str(error.value) and "\n" not in str(error.value)
