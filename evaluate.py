@@ -31,6 +31,8 @@ eval_clips, eval_steps), a `skipped` map (part -> why it did not run) and one se
   true_pose_* the decoder fed the encoded poses of the true future frames (content of the last observed
   frame, as predict does): the error left if the LSTM predicted every pose exactly; copy_last_* the last
   observed frame repeated.
+- benchmark (pose LSTM): the field's tables (Moving MNIST 10 -> 10 on the standard file, KTH 10 -> 20 and 10 -> 40)
+  in their units, with a `skipped` map of its own; see benchmark.py.
 On Moving MNIST every frame error is taken over the digit channels only (transfer.digit_channels): with two
 digits the third colour channel is always empty and would dilute every error.
 """
@@ -49,6 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmark import benchmark_results, table_rows
 from datasets import ClipDataset, build_dataset
 from datasets.moving_mnist import DIGIT_SIZE, MovingMNIST
 from metrics import mse, per_step, psnr, ssim
@@ -312,9 +315,13 @@ def format_table(results: dict) -> str:
             add("prediction", f"{name.upper()} at step {step}", prediction[name][step - 1],
                 f"true poses: {prediction['true_pose_' + name][step - 1]:.4f}, "
                 f"copy last: {prediction['copy_last_' + name][step - 1]:.4f}")
+    benchmark = results.get("benchmark", {})
+    for what, value, reference in table_rows(benchmark):
+        add("benchmark", what, value, reference)
     head = (f"DRNET evaluation of {results['checkpoint']} (iteration {results['iteration']}, {results['dataset']}, "
             f"{results['eval_clips']} clips, seed {results['seed']})")
     skipped = [f"skipped {part}: {why}" for part, why in results["skipped"].items()]
+    skipped += [f"skipped benchmark {part}: {why}" for part, why in benchmark.get("skipped", {}).items()]
     return "\n".join([head, f"{'part':<15}{'metric':<38}{'value':>10}  reference", *rows, *skipped])
 
 
@@ -365,6 +372,10 @@ def evaluate(checkpoint: str | Path, overrides: dict, device: torch.device) -> d
             plot_prediction_curves(results["prediction"], out_dir / "prediction_curves.png")
         except DRNetError as error:  # finite datasets (KTH) may hold no clip of n_past + eval_steps frames
             results["skipped"]["prediction"] = str(error)
+        # Its KTH clips come from a generator of their own seeded as the prediction part's: a new stream would
+        # change stream_seed for every other part.
+        results["benchmark"] = benchmark_results(model, config, test_set, n_clips, seeded(seed, "prediction"),
+                                                 FRAME_METRICS, device)
     else:
         results["skipped"]["prediction"] = "the checkpoint has no pose LSTM"
 
