@@ -17,14 +17,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.utils import make_grid
 
-from datasets import ClipDataset, build_dataset
+from datasets import ClipDataset
 from datasets.prefetch import BatchStream
 from models import DRNetPredictor, PoseLSTM
-from train import checkpoint_path, run_iterations, write_checkpoints
+from train import checkpoint_path, restore_periodic, run_iterations, write_checkpoints
 from utils import (
     DRNetError,
     MetricsLog,
     load_checkpoint,
+    load_optimizer,
     plot_curves,
     rng_state,
     save_image_grid,
@@ -164,8 +165,8 @@ def build_predictor(config: dict, device: torch.device) -> tuple[DRNetPredictor,
     return model, drnet_config, checkpoint if resuming else None
 
 
-def train_lstm(config: dict, device: torch.device) -> DRNetPredictor:
-    """Train the pose LSTM as the resolved config says, in `config['run_dir']`; return the predictor."""
+def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, ClipDataset]) -> DRNetPredictor:
+    """Train the pose LSTM on the (train, test) clips as the config says, in `config['run_dir']`; return it."""
     run_dir = Path(config["run_dir"])
     n_past, n_future, rollout_len = config["n_past"], config["n_future"], config["rollout_len"]
     generator = torch.Generator().manual_seed(config["seed"])
@@ -175,17 +176,17 @@ def train_lstm(config: dict, device: torch.device) -> DRNetPredictor:
     optimizer = torch.optim.Adam(model.lstm.parameters(), lr=config["lr"], betas=(config["beta1"], 0.999))
     start = 0
     if resumed is not None:
-        optimizer.load_state_dict(resumed["optimizers"]["lstm"])
+        load_optimizer(optimizer, resumed["optimizers"]["lstm"], config)
         set_rng_state(resumed["rng"], generator)
         start = resumed["iteration"]
         log.info("resumed from %s at iteration %d", config["resume_from"], start)
+        restore_periodic(run_dir, Path(config["resume_from"]), start)
     else:
         log.info("frozen DRNET from %s", config["drnet_checkpoint"])
     (run_dir / "samples").mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
-    train_set = build_dataset(config, "train")
-    test_set = build_dataset(config, "test")
+    train_set, test_set = data
     # Fixed test clips from their own generator, so that pictures never shift the training stream.
     test_generator = torch.Generator().manual_seed(config["seed"] + 1)
     wanted_steps = [step for step in REPORT_STEPS if step <= rollout_len]

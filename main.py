@@ -8,16 +8,32 @@ run starts from the configuration stored in its checkpoint, changed only by the 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from datasets import DATASETS, available
-from models import HEAD_DEFAULTS, SUPPORTED_SIZES
-from utils import DRNetError, resolve_device, setup_logging, str2bool
+import torch
 
+from datasets import DATASETS, available, build_dataset
+from datasets.prefetch import MAX_AHEAD
+from models import HEAD_DEFAULTS, SUPPORTED_SIZES
+from utils import (
+    DRNetError,
+    check_run_dir_free,
+    hold_run_dir,
+    load_checkpoint,
+    remove_stale_temporaries,
+    resolve_device,
+    setup_logging,
+    str2bool,
+)
+
+DEFAULT_DATASET = "mnist"
 # Shared defaults [py, seed]; per-dataset ones (sizes, architectures, dims, alpha, beta) live in DATASETS.
 DEFAULTS = {"lr": 0.002, "beta1": 0.5, "batch_size": 100, "max_iter": 50000, "max_step": 20,
             "save_iters": 500, "seed": 1, "data_root": "data", "num_digits": 2, "keep_checkpoints": 5,
@@ -30,6 +46,24 @@ LSTM_DEFAULTS = {"lr": 0.0002, "beta1": 0.9, "n_past": 10, "n_future": 10, "rnn_
                  "rollout_len": 500}
 LSTM_COUNTS = ("n_past", "n_future", "rnn_size", "rnn_layers", "rollout_len")  # each must be at least 1
 LSTM_ONLY = (*LSTM_COUNTS, "drnet_checkpoint")
+
+# What every numeric flag must be: (test, the words of the error). Every comparison with NaN is False, so NaN
+# fails every test; the seed stays within 32 bits because the evaluation multiplies it into stream seeds.
+AT_LEAST_1: tuple[Callable[[float], bool], str] = (lambda v: v >= 1, "at least 1")
+NOT_NEGATIVE: tuple[Callable[[float], bool], str] = (lambda v: v >= 0, "at least 0")
+FINITE_NOT_NEGATIVE: tuple[Callable[[float], bool], str] = (lambda v: 0 <= v < math.inf, "a finite number, at least 0")
+VALID_VALUES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "lr": (lambda v: 0 < v < math.inf, "a finite number above 0"),
+    "beta1": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    "alpha": FINITE_NOT_NEGATIVE, "beta": FINITE_NOT_NEGATIVE,
+    **dict.fromkeys(("batch_size", "max_iter", "max_step", "save_iters", "content_dim", "pose_dim", "channels",
+                     "num_digits", *LSTM_COUNTS, "start_iter", "eval_steps"), AT_LEAST_1),
+    "eval_clips": (lambda v: v >= 2, "at least 2 (the evaluation pairs clips)"),
+    "keep_checkpoints": NOT_NEGATIVE, "gpu": NOT_NEGATIVE,
+    "seed": (lambda v: 0 <= v < 2**32, f"from 0 to {2**32 - 1}"),
+    "data_threads": (lambda v: 0 <= v <= MAX_AHEAD, f"from 0 to {MAX_AHEAD}: it counts batches prepared ahead, each "
+                                                    "held in memory, and a few already keep pace with training"),
+}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -45,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                            argument_default=None)
     boolean = {"type": str2bool, "nargs": "?", "const": True, "metavar": "BOOL"}
     what = parser.add_argument_group("what to run")
-    what.add_argument("--dataset", choices=list(DATASETS), default="mnist",
-                      help="dataset; sets the defaults of the other flags (mnist)")
+    what.add_argument("--dataset", choices=list(DATASETS),
+                      help=f"dataset; sets the defaults of the other flags ({DEFAULT_DATASET})")
     what.add_argument("--use_skip", **boolean, help="U-Net skips from content encoder to decoder")
     what.add_argument("--use_lstm", **boolean, help="train the pose LSTM on a trained DRNET")
     model = parser.add_argument_group("model (default: the dataset's)")
@@ -91,9 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--start_iter", type=int, help="continue from the periodic checkpoint of this iteration")
     run.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="where to train (auto)")
     run.add_argument("--gpu", type=int, help="CUDA device number (0)")
-    run.add_argument("--data_threads", type=int, help="training batches prepared ahead on a background loader "
-                                                      "thread; 0 draws each in the training loop. The batches "
-                                                      f"are the same either way ({DEFAULTS['data_threads']})")
+    run.add_argument("--data_threads", type=int, help=f"training batches prepared ahead on a background loader "
+                                                      f"thread, at most {MAX_AHEAD} (each waits in memory); 0 draws "
+                                                      "each in the training loop. The batches are the same either "
+                                                      f"way ({DEFAULTS['data_threads']})")
     evaluation = parser.add_argument_group("evaluation (writes eval/ beside the checkpoint)")
     evaluation.add_argument("--evaluate", **boolean, help="evaluate a trained checkpoint instead of training")
     evaluation.add_argument("--checkpoint", metavar="PATH", help="checkpoint to evaluate (default: the latest "
@@ -108,8 +143,18 @@ def default_run_dir(config: dict) -> Path:
     return Path("runs") / (config["dataset"] + ("_skip" if config["use_skip"] else ""))
 
 
+def with_dataset(args: argparse.Namespace) -> argparse.Namespace:
+    """`args` with --dataset filled in when it was not given (the parser leaves it None so that can be told)."""
+    return argparse.Namespace(**{**vars(args), "dataset": args.dataset or DEFAULT_DATASET})
+
+
 def resolve_config(args: argparse.Namespace) -> dict:
-    """Merge explicit flags, the checkpoint's config when resuming, dataset defaults and shared defaults."""
+    """Merge explicit flags, the checkpoint's config when resuming, dataset defaults and shared defaults.
+
+    Nothing is written: a mistake is a DRNetError before the run directory exists.
+    """
+    check_values(vars(args))
+    args = with_dataset(args)
     if args.use_lstm:
         return resolve_lstm_config(args)
     given = {k: v for k, v in vars(args).items() if v is not None and k not in LSTM_ONLY}
@@ -118,12 +163,16 @@ def resolve_config(args: argparse.Namespace) -> dict:
     for flag in RUN_FLAGS:
         config.pop(flag, None)
     run_dir = Path(given.get("save_dir") or default_run_dir(config))
+    check_run_dir_free(run_dir)
     resume_from = None
     if args.resume or args.start_iter:
         from train import check_architecture
 
         resume_from, checkpoint = checkpoint_to_resume(run_dir, args, "checkpoint",
                                                        f"python main.py --dataset {args.dataset}")
+        if checkpoint.get("kind", "drnet") != "drnet":
+            raise DRNetError(f"{resume_from} is the checkpoint of a pose-LSTM run, not of a DRNET run: continue it "
+                             f"with --use_lstm True --resume True --save_dir {run_dir.parent}")
         config = {**checkpoint["config"], **{k: v for k, v in given.items() if k not in RUN_FLAGS}}
         check_architecture(checkpoint, config, resume_from)
     elif (run_dir / "checkpoint.pt").exists():
@@ -138,7 +187,6 @@ def checkpoint_to_resume(run_dir: Path, args: argparse.Namespace, what: str, sta
                          ) -> tuple[Path, dict]:
     """The checkpoint `--resume`/`--start_iter` asks for in `run_dir`, loaded; or an error saying how to start."""
     from train import checkpoint_path
-    from utils import load_checkpoint
 
     path = checkpoint_path(run_dir, args.start_iter or None)
     if not path.is_file():
@@ -156,13 +204,13 @@ def resolve_lstm_config(args: argparse.Namespace) -> dict:
     from lstm import LSTM_SHAPE_KEYS
     from models import architecture_keys
     from train import check_architecture, checkpoint_path
-    from utils import load_checkpoint
 
     given = {k: v for k, v in vars(args).items() if v is not None and k not in (*RUN_FLAGS, "drnet_checkpoint")}
     entry = {k: v for k, v in DATASETS[args.dataset].items() if k != "loader"}
     config = {"dataset": args.dataset, **DEFAULTS, **entry, **LSTM_DEFAULTS, **given}
     drnet_dir = Path(args.save_dir or default_run_dir(config))
     run_dir = drnet_dir / "lstm"
+    check_run_dir_free(run_dir)
     resume_from = None
     if args.resume or args.start_iter:
         resume_from, checkpoint = checkpoint_to_resume(run_dir, args, "LSTM checkpoint",
@@ -197,29 +245,29 @@ def resolve_lstm_config(args: argparse.Namespace) -> dict:
     return config
 
 
+def check_values(values: dict) -> None:
+    """Raise a one-line DRNetError for the first numeric value outside its valid range (None: not given)."""
+    for key, value in values.items():
+        if key in VALID_VALUES and value is not None:
+            valid, what = VALID_VALUES[key]
+            if not valid(value):
+                raise DRNetError(f"--{key} must be {what}, got {value}")
+
+
 def check_config(config: dict, lstm: bool = False) -> None:
     """Reject settings that cannot work, each with one clear line, before anything is written."""
     if config["dataset"] not in available():
         raise DRNetError(f"dataset '{config['dataset']}' is not available yet; available: {', '.join(available())}")
+    check_values(config)  # again: a resumed run's stored values count as much as the flags
     if config["image_width"] not in SUPPORTED_SIZES:
         raise DRNetError(f"unsupported --image_width {config['image_width']}: the networks are built for "
                          f"{' or '.join(map(str, SUPPORTED_SIZES))} px")
-    positive = ("batch_size", "max_iter", "max_step", "save_iters", "content_dim", "pose_dim", "channels")
-    for key in positive + (LSTM_COUNTS if lstm else ()):
-        if config[key] < 1:
-            raise DRNetError(f"--{key} must be at least 1, got {config[key]}")
-    if config["data_threads"] < 0:
-        raise DRNetError(f"--data_threads must not be negative, got {config['data_threads']}")
     if config["batch_size"] < 2 and not lstm:  # the LSTM stage has no scene discriminator
         raise DRNetError("--batch_size must be at least 2: the scene discriminator pairs different clips")
     try:
         os.makedirs(config["data_root"], exist_ok=True)
     except OSError as error:
         raise DRNetError(f"cannot create --data_root {config['data_root']}: {error.strerror}") from error
-    try:
-        os.makedirs(config["run_dir"], exist_ok=True)
-    except OSError as error:
-        raise DRNetError(f"cannot create the run directory {config['run_dir']}: {error.strerror}") from error
 
 
 def checkpoint_to_evaluate(args: argparse.Namespace) -> Path:
@@ -228,26 +276,47 @@ def checkpoint_to_evaluate(args: argparse.Namespace) -> Path:
         return Path(args.checkpoint)
     from train import checkpoint_path
 
+    args = with_dataset(args)
     use_skip = DATASETS[args.dataset]["use_skip"] if args.use_skip is None else args.use_skip
     run_dir = Path(args.save_dir or default_run_dir({"dataset": args.dataset, "use_skip": use_skip}))
     return checkpoint_path(run_dir / "lstm" if args.use_lstm else run_dir)
+
+
+def pick_device(name: str, gpu: int, gpu_given: bool) -> torch.device:
+    """The device to run on (`resolve_device`); says so when a --gpu that was given does not apply."""
+    device = resolve_device(name, gpu)
+    if gpu_given and device.type != "cuda":
+        logging.getLogger("drnet").warning("warning: --gpu %d ignored: the run is on %s, not on a CUDA GPU",
+                                           gpu, device)
+    return device
 
 
 def run_evaluation(args: argparse.Namespace) -> None:
     """`--evaluate`: metrics of a checkpoint, with its stored config changed only by data and size flags.
 
     The run directory's refusal to train over an existing run (resolve_config) does not apply: evaluation
-    reads a run and writes only into its eval/ folder.
+    reads a run and writes only into its eval/ folder. A --dataset that is not the checkpoint's is an error.
     """
     from evaluate import DATA_OVERRIDES, evaluate
 
+    check_values(vars(args))
     overrides = {k: v for k, v in vars(args).items() if k in (*DATA_OVERRIDES, "eval_clips", "eval_steps")}
-    device = resolve_device(args.device or DEFAULTS["device"], DEFAULTS["gpu"] if args.gpu is None else args.gpu)
-    evaluate(checkpoint_to_evaluate(args), overrides, device)
+    path = checkpoint_to_evaluate(args)
+    if args.dataset is not None:
+        stored = load_checkpoint(path, mmap=True)["config"]["dataset"]  # mapped: only the config is read
+        if stored != args.dataset:
+            raise DRNetError(f"{path} is a {stored} checkpoint, not {args.dataset}: evaluation uses the checkpoint's "
+                             "dataset, so drop --dataset or name another --checkpoint")
+    device = pick_device(args.device or DEFAULTS["device"], DEFAULTS["gpu"] if args.gpu is None else args.gpu,
+                         args.gpu is not None)
+    evaluate(path, overrides, device)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse flags, resolve the configuration and device once, and run the asked-for stage."""
+    """Parse flags, check configuration, device and data, then hold the run directory and run the stage.
+
+    Nothing is written before every check has passed (only --data_root is created, for the data).
+    """
     args = build_parser().parse_args(argv)
     log = setup_logging()
     try:
@@ -255,19 +324,30 @@ def main(argv: list[str] | None = None) -> None:
             run_evaluation(args)
             return
         config = resolve_config(args)
-        device = resolve_device(config["device"], config["gpu"])
-        log = setup_logging(Path(config["run_dir"]))
-        log.info("run directory %s on %s; config: %s", config["run_dir"], device, json.dumps(config))
-        if args.use_lstm:
-            from lstm import train_lstm
+        device = pick_device(config["device"], config["gpu"], args.gpu is not None)
+        data = build_dataset(config, "train"), build_dataset(config, "test")
+        run_dir = Path(config["run_dir"])
+        with hold_run_dir(run_dir):
+            log = setup_logging(run_dir)
+            for stale in remove_stale_temporaries(run_dir):
+                log.info("removed %s, left half-written by a run that was stopped while writing it", stale)
+            log.info("run directory %s on %s; config: %s", run_dir, device, json.dumps(config))
+            if args.use_lstm:
+                from lstm import train_lstm
 
-            train_lstm(config, device)
-        else:
-            from train import train_drnet
+                train_lstm(config, device, data)
+            else:
+                from train import train_drnet
 
-            train_drnet(config, device)
+                train_drnet(config, device, data)
     except DRNetError as error:
         log.error("error: %s", error)
+        sys.exit(2)
+    except OSError as error:  # a full disk while writing pictures or logs: checkpoints report it themselves
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        log.error("error: no space left on the device writing %s; free some space and run the command again "
+                  "(a training run continues with --resume True)", error.filename or "a file")
         sys.exit(2)
     finally:  # close the run's log file too, so in-process runs (tests) leave no open file behind
         drnet_log = logging.getLogger("drnet")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from datasets import build_dataset
+from datasets import ClipDataset
 from datasets.moving_mnist import MovingMNIST
 from datasets.prefetch import BatchStream
 from metrics import mse
@@ -26,9 +25,13 @@ from models import Content, DRNet, architecture_keys, architecture_value, discri
 from transfer import SwapSet, content_transfer, digit_channels, expand, invariance_ratio, swap_set
 from utils import (
     DRNetError,
+    LossWatch,
     MetricsLog,
     StopOnInterrupt,
+    copy_checkpoint,
     load_checkpoint,
+    load_optimizer,
+    non_finite_tensors,
     plot_curves,
     rng_state,
     save_checkpoint,
@@ -180,37 +183,72 @@ def save_run_state(run_dir: Path, model: DRNet, optimizers: dict, config: dict, 
 
 
 def write_checkpoints(run_dir: Path, state: dict, iteration: int, keep: int) -> None:
-    """Write the latest checkpoint atomically, keep a periodic copy, drop the oldest beyond `keep`."""
-    latest = checkpoint_path(run_dir)
-    save_checkpoint(state, latest)
-    periodic = checkpoint_path(run_dir, iteration)
-    periodic.parent.mkdir(exist_ok=True)
-    shutil.copyfile(latest, periodic.with_name(periodic.name + ".tmp"))
-    periodic.with_name(periodic.name + ".tmp").replace(periodic)
+    """Write the latest checkpoint atomically, keep a periodic copy, drop the oldest beyond `keep`.
+
+    A state holding NaN or infinity (a diverged run) is refused with a DRNetError, so the last good
+    checkpoint stays the latest one.
+    """
+    bad = non_finite_tensors(state)
+    if bad:
+        more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
+        raise DRNetError(f"the weights or optimizer state became non-finite ({bad[0]}{more}) and were not saved; "
+                         f"{kept_checkpoint(run_dir)}; try a lower --lr")
+    save_checkpoint(state, checkpoint_path(run_dir))
+    periodic = copy_to_periodic(run_dir, iteration)
     if keep > 0:
         for old in sorted(periodic.parent.glob("iter_*.pt"))[:-keep]:
             old.unlink()
+
+
+def kept_checkpoint(run_dir: Path) -> str:
+    """What a run stopped by an error leaves as its latest checkpoint, for the error's message."""
+    latest = checkpoint_path(run_dir)
+    return f"the last good checkpoint {latest} is kept" if latest.exists() else "no checkpoint was written"
+
+
+def copy_to_periodic(run_dir: Path, iteration: int) -> Path:
+    """Copy the latest checkpoint to the periodic one of `iteration`, as atomically as it was written."""
+    periodic = checkpoint_path(run_dir, iteration)
+    copy_checkpoint(checkpoint_path(run_dir), periodic)
+    return periodic
+
+
+def restore_periodic(run_dir: Path, resumed_from: Path, iteration: int) -> None:
+    """Resuming from the latest checkpoint, write its periodic copy again if a run was killed while copying it."""
+    if resumed_from == checkpoint_path(run_dir) and not checkpoint_path(run_dir, iteration).exists():
+        log.info("restored the missing periodic copy %s", copy_to_periodic(run_dir, iteration))
 
 
 def run_iterations(config: dict, start: int, stage: str, batches: BatchStream,
                    step: Callable[[torch.Tensor], dict[str, float]], metrics: MetricsLog,
                    save: Callable[[int, torch.Tensor], None], resume_flags: str) -> None:
     """The loop both stages share: progress bar with ETA, a metrics row per iteration, periodic saves, and
-    a clean stop on Ctrl-C that saves the last whole iteration. `save` gets the data state after a batch."""
+    a clean stop on Ctrl-C that saves the last whole iteration. `save` gets the data state after a batch.
+
+    Non-finite losses, and a save that fails (non-finite weights, a full disk), stop the run with a
+    one-line DRNetError before a checkpoint of that iteration is written; exploding losses are logged.
+    """
     progress = tqdm(range(start + 1, config["max_iter"] + 1), initial=start, total=config["max_iter"],
                     desc=stage, dynamic_ncols=True, disable=config.get("quiet", False))
-    began, done = time.perf_counter(), 0
+    began, done, watch = time.perf_counter(), 0, LossWatch()
     with StopOnInterrupt() as interrupt, progress, batches:
         for iteration in progress:
             batch, data_state = next(batches)
             values = step(batch)
             if not all(math.isfinite(v) for v in values.values()):
-                raise DRNetError(f"{stage} loss became {values} at iteration {iteration}; try a lower --lr")
+                raise DRNetError(f"{stage} stopped at iteration {iteration}: the loss is not finite ("
+                                 f"{', '.join(f'{name} {value:.4g}' for name, value in values.items())}); "
+                                 f"{kept_checkpoint(Path(config['run_dir']))}; try a lower --lr")
+            for warning in watch.check(iteration, values):
+                log.warning(warning)
             metrics.append(iteration, values)
             done += 1
             progress.set_postfix({name: f"{value:.4g}" for name, value in values.items()}, refresh=False)
             if iteration % config["save_iters"] == 0 or iteration == config["max_iter"] or interrupt.requested:
-                save(iteration, data_state)
+                try:
+                    save(iteration, data_state)
+                except DRNetError as error:  # the error says what was kept; add where the run stopped
+                    raise DRNetError(f"{stage} stopped at iteration {iteration}: {error}") from error
             if interrupt.requested:
                 log.info("stopped at iteration %d; continue with %s", iteration, resume_flags)
                 break
@@ -219,12 +257,10 @@ def run_iterations(config: dict, start: int, stage: str, batches: BatchStream,
         log.info("trained %s %d iterations in %.1f s (%.2f s/iteration)", stage, done, elapsed, elapsed / done)
 
 
-def train_drnet(config: dict, device: torch.device) -> DRNet:
-    """Train DRNET as the resolved config says, in `config['run_dir']`; return the trained model."""
+def train_drnet(config: dict, device: torch.device, data: tuple[ClipDataset, ClipDataset]) -> DRNet:
+    """Train DRNET as the resolved config says on the (train, test) clips, in `config['run_dir']`; return it."""
     run_dir = Path(config["run_dir"])
-    # The data first: missing or broken files are reported before a network is built or a file written.
-    train_set = build_dataset(config, "train")
-    test_set = build_dataset(config, "test")
+    train_set, test_set = data
     generator = torch.Generator().manual_seed(config["seed"])
     torch.manual_seed(config["seed"])
     model = DRNet(config).to(device)
@@ -236,10 +272,11 @@ def train_drnet(config: dict, device: torch.device) -> DRNet:
         check_architecture(checkpoint, config, path)
         model.load_state_dict(checkpoint["model"])
         for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(checkpoint["optimizers"][name])
+            load_optimizer(optimizer, checkpoint["optimizers"][name], config)
         set_rng_state(checkpoint["rng"], generator)
         start = checkpoint["iteration"]
         log.info("resumed from %s at iteration %d", path, start)
+        restore_periodic(run_dir, path, start)
     (run_dir / "samples").mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 

@@ -1,19 +1,38 @@
-"""Shared helpers: user-facing errors, flag parsing, devices, RNG state, checkpoints, logs, pictures."""
+"""Shared helpers: user-facing errors, flag parsing, devices, RNG state, checkpoints, the run directory's lock,
+logs, loss watching and pictures."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import errno
 import logging
+import logging.handlers
 import math
 import os
+import pickle
+import re
+import shlex
+import shutil
 import signal
+import statistics
 import sys
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from tqdm import tqdm
+
+try:
+    import fcntl
+except ImportError:  # Windows has no flock: runs there are not protected from sharing a run directory
+    fcntl = None
+
+RUN_LOCK = "run.lock"  # in a run directory: locked by the run using it, holds who that is
 
 
 class DRNetError(Exception):
@@ -69,27 +88,124 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
-    """Write a checkpoint atomically: to a temporary file first, renamed over `path` once complete."""
+    """Write a checkpoint atomically: to a temporary file first, synced and renamed over `path` once complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A checkpoint of the same run is about as large as the last one; before the first, count the tensors.
+    needed = path.stat().st_size if path.exists() else tensor_bytes(state)
+    atomic_write(path, lambda sink: torch.save(state, sink), needed)
+
+
+def copy_checkpoint(source: Path, destination: Path) -> None:
+    """Copy a checkpoint file as safely as `save_checkpoint` writes one."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+
+    def copy(sink: BinaryIO) -> None:
+        with open(source, "rb") as original:
+            shutil.copyfileobj(original, sink)
+
+    atomic_write(destination, copy, source.stat().st_size)
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None], needed: int) -> None:
+    """Write `path` through `write(file)` into `<path>.tmp`, flushed to disk, then renamed over `path`.
+
+    A failed write (a full disk) removes the temporary file and leaves `path` as it was; the DRNetError names
+    the file and, when space ran out, how much was needed (`needed` bytes) and how much is free.
+    """
     temporary = path.with_name(path.name + ".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    try:
+        # Written through a Python file, torch.save reports a full disk as OSError(ENOSPC), not as an
+        # unspecific RuntimeError from its own C++ writer.
+        with open(temporary, "wb") as sink:
+            write(sink)
+            sink.flush()
+            os.fsync(sink.fileno())  # the data is on disk before the rename makes it the checkpoint
+        os.replace(temporary, path)
+    except BaseException as error:  # whatever stopped the write (a full disk, a second Ctrl-C): no half file stays
+        temporary.unlink(missing_ok=True)
+        if not isinstance(error, OSError):
+            raise
+        raise DRNetError(f"cannot write {path}: {write_failure(error, path.parent, needed)}; "
+                         f"{'the previous ' + path.name + ' is unchanged' if path.exists() else 'nothing was written'}"
+                         ) from error
+    sync_directory(path.parent)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint of plain tensors and values (`weights_only=True`), or raise a one-line error."""
+def write_failure(error: OSError, folder: Path, needed: int) -> str:
+    """Why a write failed; for a full disk, the space it needed and the space free in `folder`."""
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return error.strerror or str(error)
+    return (f"no space left ({needed / 1e6:.1f} MB needed, {shutil.disk_usage(folder).free / 1e6:.1f} MB free "
+            f"in {folder})")
+
+
+def sync_directory(folder: Path) -> None:
+    """Flush a directory's entries to disk, so that a rename in it survives a power cut."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:  # systems that cannot open a directory (Windows) persist renames without it
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def tensor_bytes(state: object) -> int:
+    """Bytes of all tensors in a nested state (dicts, lists, tuples): about a checkpoint's size on disk."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(tensor_bytes(value) for value in state.values())
+    if isinstance(state, list | tuple):
+        return sum(tensor_bytes(value) for value in state)
+    return 0
+
+
+def non_finite_tensors(state: object, name: str = "") -> list[str]:
+    """Names (dotted paths) of the floating-point tensors in a nested state that hold NaN or infinity."""
+    if isinstance(state, torch.Tensor):
+        return [name] if state.is_floating_point() and not torch.isfinite(state).all() else []
+    if isinstance(state, dict):
+        items = state.items()
+    elif isinstance(state, list | tuple):
+        items = enumerate(state)
+    else:
+        return []
+    return [bad for key, value in items for bad in non_finite_tensors(value, f"{name}.{key}" if name else str(key))]
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
+    """Load a checkpoint of plain tensors and values (`weights_only=True`), or raise a one-line error.
+
+    With `mmap` the tensors are mapped, not read: cheap when only the config is wanted.
+    """
     path = Path(path)
     if not path.is_file():
         raise DRNetError(f"no checkpoint at {path}")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        # PyTorch's message advises loading with weights_only=False, which runs whatever code the file holds:
+        # a file of this project never needs that, so name the object and refuse.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        what = f" ({found.group(1)})" if found else ""
+        raise DRNetError(f"{path} is not a plain checkpoint of this project: it holds a Python object{what} that "
+                         "loading would have to run as code; it was not loaded") from error
     except Exception as error:  # truncated, corrupt, or not a checkpoint at all
         raise DRNetError(f"cannot read checkpoint {path}: {type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else 'unreadable'}") from error
     if not isinstance(checkpoint, dict) or "config" not in checkpoint or "model" not in checkpoint:
         raise DRNetError(f"{path} is not a DRNET checkpoint of this project")
     return checkpoint
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, state: dict, config: dict) -> None:
+    """Restore an optimizer's state, then apply the config's lr and beta1 (flags given when resuming win)."""
+    optimizer.load_state_dict(state)  # this also restores the stored lr and betas
+    for group in optimizer.param_groups:
+        group["lr"], group["betas"] = config["lr"], (config["beta1"], group["betas"][1])
 
 
 def export_weights(checkpoint: dict, path: str | Path) -> None:
@@ -107,6 +223,88 @@ def export_weights(checkpoint: dict, path: str | Path) -> None:
     save_checkpoint(kept, path)
 
 
+def check_run_dir_free(run_dir: Path) -> None:
+    """Raise a one-line DRNetError naming the holder if another run holds `run_dir`; creates nothing."""
+    lock_path = run_dir / RUN_LOCK
+    if fcntl is None or not lock_path.is_file():
+        return
+    with open(lock_path, "rb") as probe:
+        _lock(probe.fileno(), run_dir)  # closing the file releases the probe's lock at once
+
+
+@contextlib.contextmanager
+def hold_run_dir(run_dir: Path) -> Iterator[None]:
+    """Create `run_dir` and hold it exclusively until the block ends, or raise a one-line DRNetError.
+
+    The hold is an flock on `run.lock`, which says who holds it (pid, start time, command); the operating
+    system drops the lock when the process ends, however it ends, so a killed run never leaves it stuck.
+    """
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(run_dir / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise DRNetError(f"cannot create the run directory {run_dir}: {error.strerror}") from error
+    try:
+        if fcntl is not None:
+            _lock(descriptor, run_dir)
+        holder = f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(sys.argv)}"
+        os.ftruncate(descriptor, 0)  # only now: the previous holder's line stays readable until the lock is ours
+        os.write(descriptor, holder.replace("\n", " ").encode() + b"\n")
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock; the file stays, as locking a file that may vanish is unsafe
+
+
+def _lock(descriptor: int, run_dir: Path) -> None:
+    """Take the exclusive lock on an open lock file, or raise a DRNetError naming the run that holds it."""
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = (run_dir / RUN_LOCK).read_text(errors="replace").strip() or "it is just starting"
+        raise DRNetError(f"{run_dir} is in use by another run ({holder}); wait for it to end, stop it, or choose "
+                         "another --save_dir") from None
+    except OSError as error:  # a file system without locks (some network mounts)
+        raise DRNetError(f"cannot lock {run_dir / RUN_LOCK}: {error.strerror}; put the run directory on a file "
+                         "system that supports locks") from error
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the `*.tmp` files a killed run left half-written in `run_dir` (call it holding the directory)."""
+    stale = [*run_dir.glob("*.tmp"), *(run_dir / "checkpoints").glob("*.tmp")]  # never a nested run's (lstm/)
+    for path in stale:
+        path.unlink()
+    return stale
+
+
+class LossWatch:
+    """Spots losses that jump far above their running median: the usual first sign of a diverging run."""
+
+    def __init__(self, factor: float = 1000.0, window: int = 100):
+        self.factor, self.window = factor, window
+        self.history: dict[str, deque[float]] = {}
+        self.quiet_until: dict[str, int] = {}
+
+    def check(self, iteration: int, values: dict[str, float]) -> list[str]:
+        """Record one iteration's metrics; a warning per loss above `factor` times its running median.
+
+        The median is over the last `window` iterations, from the second iteration on: a too-high learning
+        rate can blow a loss up within one step. Accuracies (names ending in `_acc`) are not losses and are
+        left out. A loss that warned stays quiet for a window, so a diverged run warns once, not every time.
+        """
+        warnings = []
+        for name, value in values.items():
+            if name.endswith("_acc"):
+                continue
+            history = self.history.setdefault(name, deque(maxlen=self.window))
+            median = statistics.median(history) if history else math.nan
+            if median > 0 and value > self.factor * median and iteration >= self.quiet_until.get(name, 0):
+                warnings.append(f"warning: iteration {iteration}: {name} {value:.4g} is {value / median:.3g} times "
+                                f"its running median {median:.4g}; the run may be diverging (a lower --lr helps)")
+                self.quiet_until[name] = iteration + self.window
+            history.append(value)
+        return warnings
+
+
 class TqdmHandler(logging.Handler):
     """Logging handler that prints through tqdm, so messages do not break the progress bar."""
 
@@ -115,18 +313,30 @@ class TqdmHandler(logging.Handler):
 
 
 def setup_logging(run_dir: Path | None = None, filename: str = "train.log") -> logging.Logger:
-    """The `drnet` logger: messages to the terminal and, given a run directory, to a log file in it."""
+    """The `drnet` logger: messages to the terminal and, given a run directory, to a log file in it.
+
+    Without a run directory the messages are also kept, and the log file of a later call starts with them:
+    what was said while checking flags and data (which MNIST source, an ignored --gpu) before the run
+    directory existed still reaches the run's log.
+    """
     logger = logging.getLogger("drnet")
     logger.setLevel(logging.INFO)
+    kept: list[logging.LogRecord] = []
     for handler in list(logger.handlers):
+        if isinstance(handler, logging.handlers.BufferingHandler):
+            kept = list(handler.buffer)
         logger.removeHandler(handler)
         handler.close()
     terminal = TqdmHandler()
     terminal.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(terminal)
-    if run_dir is not None:
+    if run_dir is None:
+        logger.addHandler(logging.handlers.BufferingHandler(capacity=1000))  # full: it drops what it kept
+    else:
         to_file = logging.FileHandler(Path(run_dir) / filename)
         to_file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        for record in kept:
+            to_file.handle(record)
         logger.addHandler(to_file)
     logger.propagate = False
     return logger

@@ -17,6 +17,7 @@ anything is extracted.
 
 import argparse
 import http.client
+import stat
 import sys
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -100,8 +101,13 @@ def _part_is_complete(error: HTTPError, offset: int) -> bool:
 
 
 def check_member_names(archive: zipfile.ZipFile, archive_path: Path) -> None:
-    """Raise DRNetError if any member would land outside the extraction folder."""
-    for name in archive.namelist():
+    """Raise DRNetError if any member would land outside the extraction folder, or is a symbolic link."""
+    for member in archive.infolist():
+        name = member.filename
+        # Unix zips keep the file mode in the top 16 bits; a link member is extracted as a file holding its
+        # target, which breaks any member inside it, and the KTH zips hold only videos.
+        if stat.S_ISLNK(member.external_attr >> 16):
+            raise DRNetError(f"refusing to extract {archive_path}: member {name!r} is a symbolic link")
         # Zips written on Windows may use backslashes; treat them as separators too.
         path = PurePosixPath(name.replace("\\", "/"))
         if path.is_absolute() or (path.parts and path.parts[0].endswith(":")):
@@ -127,6 +133,8 @@ def extract_zip(archive_path: Path, target: Path) -> None:
         raise DRNetError(
             f"{archive_path} is not a valid zip ({error}); delete it and rerun to download it again"
         ) from error
+    except OSError as error:  # a full disk, or members that clash (a file where a folder must go)
+        raise DRNetError(f"cannot extract {archive_path} into {target}: {error.strerror or error}") from error
     # Written last, so an interrupted extraction is redone on the next run.
     (target / EXTRACTED_MARKER).touch()
 

@@ -141,3 +141,11 @@ def test_error_dataset_not_available_yet(capsys, tiny_args, monkeypatch):
 
 def test_error_bad_boolean(capsys):
     one_line_error(capsys, ["--use_skip", "maybe"], "expected a boolean")
+
+
+def test_learning_rate_given_on_resume_takes_effect(tiny_args, tmp_path):
+    main(tiny_args())
+    main(tiny_args("--resume", "True", "--max_iter", "3", "--lr", "0.0005", "--beta1", "0.8"))
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    for state in checkpoint["optimizers"].values():
+        assert [(g["lr"], g["betas"][0]) for g in state["param_groups"]] == [(0.0005, 0.8)]

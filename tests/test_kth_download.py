@@ -1,6 +1,7 @@
 """KTH download against a faked server: resumable files, one-line errors, safe and verified extraction."""
 
 import io
+import stat
 import subprocess
 import zipfile
 from pathlib import Path
@@ -56,12 +57,16 @@ class FakeServer:
         return FakeResponse(body[offset:], 206, drop_after)
 
 
-def zip_bytes(members: dict[str, bytes]) -> bytes:
-    """A stored (uncompressed) zip holding `members`, names kept exactly as given."""
+def zip_bytes(members: dict[str, bytes], links: tuple[str, ...] = ()) -> bytes:
+    """A stored (uncompressed) zip holding `members`, names kept exactly as given; `links` are symbolic links."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         for name, data in members.items():
-            archive.writestr(zipfile.ZipInfo(name), data)
+            info = zipfile.ZipInfo(name)
+            if name in links:
+                info.create_system = 3  # Unix, whose mode bits the top of external_attr holds
+                info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            archive.writestr(info, data)
     return buffer.getvalue()
 
 
@@ -143,6 +148,23 @@ def test_extraction_refuses_members_outside_the_target(tmp_path: Path, member: s
     assert not (target / "fine.avi").exists()
     assert not (target / kth_download.EXTRACTED_MARKER).exists()
     assert not (tmp_path / "data" / "raw" / "evil.avi").exists()
+
+
+def test_extraction_refuses_symbolic_links(tmp_path: Path) -> None:
+    archive = tmp_path / "boxing.zip"
+    archive.write_bytes(zip_bytes({"videos": b"/etc", "videos/evil.avi": b"evil"}, links=("videos",)))
+    target = tmp_path / "raw" / "boxing"
+    with pytest.raises(DRNetError, match="refusing to extract .*boxing.zip: member 'videos' is a symbolic link"):
+        kth_download.extract_zip(archive, target)
+    assert not target.exists()
+
+
+def test_extraction_reports_members_that_clash_in_one_line(tmp_path: Path) -> None:
+    archive = tmp_path / "boxing.zip"
+    archive.write_bytes(zip_bytes({"videos": b"a file", "videos/a.avi": b"a video inside that file"}))
+    with pytest.raises(DRNetError, match="cannot extract .*boxing.zip into .*boxing: Not a directory"):
+        kth_download.extract_zip(archive, tmp_path / "raw" / "boxing")
+    assert not (tmp_path / "raw" / "boxing" / kth_download.EXTRACTED_MARKER).exists()
 
 
 def test_extraction_refuses_corrupt_zips(tmp_path: Path) -> None:
