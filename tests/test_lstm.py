@@ -274,8 +274,12 @@ def test_demo_writes_every_picture_from_a_model(lstm_dir, tmp_path, capsys):
     assert "content transfer" in capsys.readouterr().out
 
 
-def test_demo_without_a_model_is_a_one_line_error(tmp_path, capsys):
+def test_demo_without_a_model_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as stop:
         demo.main(["--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "demo")])
     assert stop.value.code == 2
     assert "no checkpoint at" in capsys.readouterr().err
+    monkeypatch.setattr(demo, "SHIPPED_MODEL", tmp_path / "shipped.pt")  # a copy without the shipped file
+    with pytest.raises(SystemExit):
+        demo.main(["--out", str(tmp_path / "demo")])
+    assert "ships no trained model" in capsys.readouterr().err

@@ -1,0 +1,58 @@
+"""Compare runs: one test metric of several run directories against iterations, one line per run.
+
+    python plot_runs.py runs/screen/* --metric test_content_transfer --out content_transfer.png
+
+Reads each run's `test_metrics.csv`; a second panel puts the same lines against training clips seen
+(iterations x batch size from the run's config.json), so runs at different batch sizes compare fairly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from utils import read_metrics
+
+
+def plot_runs(run_dirs: list[Path], metric: str, out: Path) -> None:
+    """Save a PNG of `metric` from each run's test_metrics.csv against iterations and against clips seen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_iteration, by_clips) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for run_dir in run_dirs:
+        rows = [r for r in read_metrics(run_dir / "test_metrics.csv") if not math.isnan(r.get(metric, math.nan))]
+        if not rows:
+            continue
+        batch = json.loads((run_dir / "config.json").read_text())["batch_size"]
+        iterations = [r["iteration"] for r in rows]
+        values = [r[metric] for r in rows]
+        by_iteration.plot(iterations, values, marker="o", label=run_dir.name)
+        by_clips.plot([i * batch for i in iterations], values, marker="o", label=run_dir.name)
+    for ax, label in ((by_iteration, "iteration"), (by_clips, "training clips seen")):
+        ax.set_xlabel(label)
+        ax.set_ylabel(metric)
+        ax.axhline(0.0, color="grey", linewidth=0.5)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    """Parse the run directories, the metric and the output file, and plot."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories holding test_metrics.csv")
+    parser.add_argument("--metric", default="test_content_transfer", help="a column of test_metrics.csv")
+    parser.add_argument("--out", type=Path, default=Path("runs.png"), help="the PNG to write")
+    args = parser.parse_args()
+    plot_runs(args.runs, args.metric, args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
