@@ -6,7 +6,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
+from utils import DRNetError
+
 Frame = TypeVar("Frame")
+
+
+def check_loader_sizes(image_size: int, max_step: int, cache_frames: int) -> None:
+    """Refuse sizes a file-based loader cannot work with, in one line."""
+    if image_size < 1 or max_step < 1 or cache_frames < 0:
+        raise DRNetError(f"image_size and max_step must be positive and cache_frames not negative, got "
+                         f"{image_size}, {max_step}, {cache_frames}")
 
 
 class FrameCache(Generic[Frame]):

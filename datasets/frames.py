@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from datasets.cache import FrameCache
+from datasets.cache import FrameCache, check_loader_sizes
 from utils import DRNetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -230,9 +230,7 @@ class FrameClips:
             raise DRNetError(f"unknown split '{split}'; use 'train' or 'test'")
         if channels not in CHANNEL_CHOICES:
             raise DRNetError(f"frames are read as RGB (channels 3) or grey (channels 1), got channels {channels}")
-        if image_size < 1 or max_step < 1 or cache_frames < 0:
-            raise DRNetError(f"image_size and max_step must be positive and cache_frames not negative, got "
-                             f"{image_size}, {max_step}, {cache_frames}")
+        check_loader_sizes(image_size, max_step, cache_frames)
         self.split = split
         self.channels = channels
         self.image_size = image_size

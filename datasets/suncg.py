@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from datasets.cache import FrameCache
+from datasets.cache import FrameCache, check_loader_sizes
 from datasets.cyclic import CyclicClips
 from utils import DRNetError
 
@@ -123,9 +123,7 @@ class SuncgClips(CyclicClips):
             raise DRNetError(f"unknown SUNCG split '{split}'; use 'train' or 'test'")
         if channels not in CHANNEL_CHOICES:
             raise DRNetError(f"SUNCG chairs are RGB: channels must be 3 (or 1 for grey), got {channels}")
-        if image_size < 1 or max_step < 1 or cache_frames < 0:
-            raise DRNetError(f"image_size and max_step must be positive and cache_frames not negative, got "
-                             f"{image_size}, {max_step}, {cache_frames}")
+        check_loader_sizes(image_size, max_step, cache_frames)
         root = suncg_chair_dir(data_root)
         if not root.is_dir():
             raise DRNetError(f"SUNCG chairs not found at {root}: the dataset is no longer distributed by its "
