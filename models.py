@@ -283,6 +283,7 @@ class DRNet(nn.Module):
 # ---- LSTM stage (SPEC §1 item 3, §3): a pose LSTM on top of a trained, frozen DRNET ----
 
 LSTMState = list[tuple[torch.Tensor, torch.Tensor]]  # (hidden, cell) per stacked LSTM cell
+DECODE_CHUNK = 256  # frames per decoder call when a predicted sequence is rendered
 
 
 class PoseLSTM(nn.Module):
@@ -367,11 +368,30 @@ class DRNetPredictor(DRNet):
         state = None
         for t in range(observed.shape[1]):
             pose, state = self.lstm.step(content.h, observed[:, t], state)
-        frames = [self.decode(content, pose)]
+        poses = [pose]
         for _ in range(n_future - 1):
             pose, state = self.lstm.step(content.h, pose, state)
-            frames.append(self.decode(content, pose))
-        return torch.stack(frames, dim=1)
+            poses.append(pose)
+        return self.decode_sequence(content, torch.stack(poses, dim=1))
+
+    def decode_sequence(self, content: Content, poses: torch.Tensor) -> torch.Tensor:
+        """Frames (B, T, C, H, W) of one content per clip in poses (B, T, pose_dim), in large batches.
+
+        The pose LSTM runs first and the decoder afterwards, DECODE_CHUNK frames per call: one call per
+        frame would leave the decoder with batches of a few frames, far slower on any device.
+        """
+        batch, steps = poses.shape[:2]
+        flat_poses = poses.flatten(0, 1)
+
+        def repeated(x: torch.Tensor) -> torch.Tensor:  # (B, ...) -> (B * T, ...), clip-major like the poses
+            return x[:, None].expand(batch, steps, *x.shape[1:]).flatten(0, 1)
+
+        frames = []
+        for start in range(0, batch * steps, DECODE_CHUNK):
+            chunk = slice(start, start + DECODE_CHUNK)
+            chunk_content = Content(repeated(content.h)[chunk], [repeated(s)[chunk] for s in content.skips])
+            frames.append(self.decode(chunk_content, flat_poses[chunk]))
+        return torch.cat(frames).unflatten(0, (batch, steps))
 
 
 def architecture_keys() -> tuple[str, ...]:

@@ -189,10 +189,24 @@ def test_predict_shapes_and_determinism(lstm_dir):
     long = model.predict(past[:1], 600)  # batch 1, not the training batch of 4
     assert long.shape == (1, 600, 3, 64, 64)
     assert long.min() >= 0 and long.max() <= 1
-    assert torch.equal(long[:, :1], one)
-    assert torch.equal(model.predict(past[:1], 20), long[:, :20])
+    torch.testing.assert_close(long[:, :1], one, rtol=0, atol=1e-5)  # decoded in batches of other sizes
+    torch.testing.assert_close(model.predict(past[:1], 20), long[:, :20], rtol=0, atol=1e-5)
     torch.testing.assert_close(model.predict(past, 20)[:1], long[:, :20], rtol=0, atol=1e-5)
     assert model.predict(past[:, :1], 2).shape == (3, 2, 3, 64, 64)  # a single observed frame
+
+
+def test_sequence_decoding_in_chunks_equals_one_frame_at_a_time(lstm_dir, monkeypatch):
+    import models
+
+    model = load_model(lstm_dir[0] / "checkpoint.pt")
+    content = model.encode_content(torch.rand(2, 3, 64, 64))
+    poses = torch.rand(2, 7, model.lstm.pose_dim) * 2 - 1
+    monkeypatch.setattr(models, "DECODE_CHUNK", 5)  # chunks that cut across clips
+    with torch.no_grad():
+        frames = model.decode_sequence(content, poses)
+        one_by_one = torch.stack([model.decode(content, poses[:, t]) for t in range(7)], dim=1)
+    assert frames.shape == (2, 7, 3, 64, 64)
+    torch.testing.assert_close(frames, one_by_one, rtol=0, atol=1e-5)
 
 
 def test_lstm_defaults_and_lr_flag(drnet_dir, shared, tmp_path):
