@@ -2,7 +2,8 @@
 
 Run through `main.py --use_lstm True`; the run lives in `<DRNET run directory>/lstm/`. This module holds
 the teacher-forced loss, the training loop with its checkpoints and resume, the test MSE per prediction
-step next to the copy-last-frame baseline, and the rollout pictures (PNG strip and animated GIF).
+step next to the copy-last-frame baseline, and the rollout pictures (PNG strip, and the same labelled
+animation as a GIF and an MP4).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
 from datasets import ClipDataset
@@ -42,6 +44,9 @@ STRIP_COLUMNS = 50  # at most this many generated frames per strip row: longer r
 BORDER = 2  # px of coloured frame around each picture cell
 OBSERVED, GENERATED, GROUND_TRUTH = (0.0, 0.8, 0.0), (0.9, 0.0, 0.0), (0.5, 0.5, 0.5)  # RGB frame colours
 GIF_FRAME_MS = 100
+GRID_PADDING = 2  # px between the cells of an animation frame
+ROW_LABELS = {"observed": OBSERVED, "generated": GENERATED, "ground truth": GROUND_TRUTH}  # text: its colour
+LABEL_MARGIN = 4  # px of white either side of a row label
 
 
 def teacher_forced_loss(lstm: PoseLSTM, h_c: torch.Tensor, h_p: torch.Tensor) -> torch.Tensor:
@@ -117,11 +122,13 @@ def strip_every(rollout_len: int) -> int:
 
 @torch.no_grad()
 def save_rollout(model: DRNetPredictor, clips: torch.Tensor, n_past: int, rollout_len: int, out_dir: Path,
-                 name: str) -> tuple[Path, Path]:
-    """Roll clips (N, T, C, H, W) out `rollout_len` frames from `n_past`; save `<name>_everyK.png` and `<name>.gif`.
+                 name: str) -> tuple[Path, Path, Path | None]:
+    """Roll clips (N, T, C, H, W) out `rollout_len` frames from `n_past`; save `<name>_everyK.png`, `.gif`, `.mp4`.
 
     Each strip row pair is: observed frames (green) then generated ones (red), and under it the ground
-    truth (grey) where the clip has it. The strip shows every K-th generated frame.
+    truth (grey) where the clip has it. The strip shows every K-th generated frame. The GIF and MP4 show
+    every frame, one column per clip, with the rows labelled; returns the strip, the GIF and the MP4
+    (None where ffmpeg could not write it).
     """
     generated = model.predict(clips[:, :n_past], rollout_len).cpu()
     clips = clips.cpu()
@@ -143,15 +150,62 @@ def save_rollout(model: DRNetPredictor, clips: torch.Tensor, n_past: int, rollou
     strip = out_dir / f"{name}_every{every}.png"
     save_image_grid(torch.cat(rows), strip, columns=len(shown_times))
 
-    gif_frames = []
+    frames = []
     for t in range(n_past + rollout_len):
         cells = torch.cat([torch.cat([predicted_cells(i, [t]) for i in range(len(clips))]),
                            torch.cat([truth_cells(i, [t]) for i in range(len(clips))])])
-        grid = make_grid(cells, nrow=len(clips), padding=2, pad_value=1.0)
-        gif_frames.append(Image.fromarray((grid.permute(1, 2, 0) * 255).round().byte().numpy()))
+        grid = make_grid(cells, nrow=len(clips), padding=GRID_PADDING, pad_value=1.0)
+        image = Image.fromarray((grid.permute(1, 2, 0) * 255).round().byte().numpy())
+        frames.append(labelled(image, ["observed" if t < n_past else "generated", "ground truth"], cells.shape[2]))
     animation = out_dir / f"{name}.gif"
-    gif_frames[0].save(animation, save_all=True, append_images=gif_frames[1:], duration=GIF_FRAME_MS, loop=0)
-    return strip, animation
+    frames[0].save(animation, save_all=True, append_images=frames[1:], duration=GIF_FRAME_MS, loop=0)
+    return strip, animation, write_mp4(frames, out_dir / f"{name}.mp4")
+
+
+def label_strip_width(font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> int:
+    """Width in px of the strip that holds the longest row label, the same in every frame of an animation."""
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    return max(math.ceil(draw.textlength(text, font=font)) for text in ROW_LABELS) + 2 * LABEL_MARGIN
+
+
+def labelled(grid: Image.Image, labels: list[str], cell_height: int) -> Image.Image:
+    """`grid` (rows of `cell_height` px cells) with a white strip on its left naming each row in its frame colour.
+
+    Both sides are made even, which H.264 in the usual yuv420p needs, so that the GIF and MP4 frames match.
+    """
+    font = ImageFont.load_default()
+    strip = label_strip_width(font)
+    width, height = strip + grid.width, grid.height
+    canvas = Image.new("RGB", (width + width % 2, height + height % 2), (255, 255, 255))
+    canvas.paste(grid, (strip, 0))
+    draw = ImageDraw.Draw(canvas)
+    for row, text in enumerate(labels):
+        left, top, _, bottom = draw.textbbox((0, 0), text, font=font)
+        middle = GRID_PADDING + row * (cell_height + GRID_PADDING) + cell_height // 2
+        colour = tuple(round(255 * c) for c in ROW_LABELS[text])
+        draw.text((LABEL_MARGIN - left, middle - (top + bottom) // 2), text, fill=colour, font=font)
+    return canvas
+
+
+def write_mp4(frames: list[Image.Image], path: Path) -> Path | None:
+    """Write the frames as an H.264 MP4 at the GIF's pace and return its path; None, with a warning, if ffmpeg fails."""
+    try:
+        import imageio.v2 as imageio
+
+        # macro_block_size 1: keep the frame size, which `labelled` already made even, instead of resizing.
+        with imageio.get_writer(path, fps=1000 / GIF_FRAME_MS, codec="libx264", quality=8,
+                                macro_block_size=1) as writer:
+            for frame in frames:
+                writer.append_data(np.asarray(frame))
+        # ffmpeg can fail without imageio raising: then the file is missing or empty.
+        if not path.is_file() or path.stat().st_size == 0:
+            raise OSError("ffmpeg wrote nothing")
+    except (ImportError, RuntimeError, ValueError, OSError) as error:  # no imageio-ffmpeg, no ffmpeg binary, ...
+        path.unlink(missing_ok=True)
+        log.warning("warning: %s not written (%s: %s); the GIF shows the same frames", path.name,
+                    type(error).__name__, str(error).splitlines()[0] if str(error) else "no detail")
+        return None
+    return path
 
 
 def build_predictor(config: dict, device: torch.device) -> tuple[DRNetPredictor, dict, dict | None]:
@@ -209,14 +263,15 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
         write_checkpoints(run_dir, state, iteration, config["keep_checkpoints"])
         values = step_mse(model, metric_clips, n_past, steps)
         test_metrics.append(iteration, values)
-        strip, animation = save_rollout(model, picture_clips, n_past, rollout_len, run_dir / "samples",
+        strip, animation, video = save_rollout(model, picture_clips, n_past, rollout_len, run_dir / "samples",
                                         f"rollout_{iteration:07d}")
         plot_curves(curves, run_dir / "loss_curves.png")
         report = ", ".join(f"step {s} {values[f'mse_step{s}']:.5f} (copy-last {values[f'copy_last_step{s}']:.5f})"
                            for s in steps)
+        animations = animation.name + (f" and {video.name}" if video else "")
         log.info("iteration %d: test frame mse %s; %d-frame rollout in %s (1 in %d generated frames shown) and "
                  "%s; checkpoint %s", iteration, report, rollout_len, strip.name, strip_every(rollout_len),
-                 animation.name, checkpoint_path(run_dir))
+                 animations, checkpoint_path(run_dir))
 
     batches = BatchStream(lambda g: train_set.sequence_batch(config["batch_size"], n_past + n_future, g),
                           generator, config["data_threads"])

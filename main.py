@@ -75,12 +75,14 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line flags; every default is None so that unset flags can be told from set ones."""
-    parser = OneLineParser(prog="main.py", description=__doc__.splitlines()[0],
-                           argument_default=None)
+    # Raw description and epilog keep the defaults table's columns; each flag's help is still wrapped.
+    parser = OneLineParser(prog="main.py", description=__doc__.splitlines()[0], epilog=dataset_defaults_table(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=None)
     boolean = {"type": str2bool, "nargs": "?", "const": True, "metavar": "BOOL"}
     what = parser.add_argument_group("what to run")
     what.add_argument("--dataset", choices=list(DATASETS),
-                      help=f"dataset; sets the defaults of the other flags ({DEFAULT_DATASET})")
+                      help=f"dataset; sets the defaults of the other flags, listed per dataset at the end "
+                           f"({DEFAULT_DATASET})")
     what.add_argument("--use_skip", **boolean, help="U-Net skips from content encoder to decoder")
     what.add_argument("--use_lstm", **boolean, help="train the pose LSTM on a trained DRNET")
     model = parser.add_argument_group("model (default: the dataset's)")
@@ -136,6 +138,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--eval_clips", type=int, help="test clips per evaluation part (1000)")
     evaluation.add_argument("--eval_steps", type=int, help="future steps of the LSTM prediction curves (100)")
     return parser
+
+
+def dataset_defaults_table() -> str:
+    """The model defaults of every dataset in datasets.DATASETS, as a text table for the end of --help."""
+    header = ("dataset", "image_width", "channels", "encoders (content/pose)", "decoder", "use_skip", "content_dim",
+              "pose_dim")
+    rows = [(name, str(entry["image_width"]), str(entry["channels"]),
+             f"{entry['content_encoder']}/{entry['pose_encoder']}", entry["decoder"], str(entry["use_skip"]),
+             str(entry["content_dim"]), str(entry["pose_dim"])) for name, entry in DATASETS.items()]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+             for row in (header, *rows)]
+    return "model defaults of each --dataset (flags given explicitly override them):\n" + "\n".join(
+        "  " + line for line in lines)
 
 
 def default_run_dir(config: dict) -> Path:
@@ -279,7 +295,15 @@ def checkpoint_to_evaluate(args: argparse.Namespace) -> Path:
     args = with_dataset(args)
     use_skip = DATASETS[args.dataset]["use_skip"] if args.use_skip is None else args.use_skip
     run_dir = Path(args.save_dir or default_run_dir({"dataset": args.dataset, "use_skip": use_skip}))
-    return checkpoint_path(run_dir / "lstm" if args.use_lstm else run_dir)
+    path = checkpoint_path(run_dir / "lstm" if args.use_lstm else run_dir)
+    if not path.is_file():
+        # The flags that located the run are the ones that train it, so the command to suggest is known.
+        train = " ".join(["python main.py --dataset", args.dataset,
+                          *(["--use_skip", str(args.use_skip)] if args.use_skip is not None else []),
+                          *(["--save_dir", args.save_dir] if args.save_dir else []),
+                          *(["--use_lstm True"] if args.use_lstm else [])])
+        raise DRNetError(f"no checkpoint at {path} to evaluate: train one with `{train}`, or pass --checkpoint PATH")
+    return path
 
 
 def pick_device(name: str, gpu: int, gpu_given: bool) -> torch.device:

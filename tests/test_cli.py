@@ -143,6 +143,33 @@ def test_error_bad_boolean(capsys):
     one_line_error(capsys, ["--use_skip", "maybe"], "expected a boolean")
 
 
+def test_evaluate_without_a_checkpoint_says_how_to_get_one(capsys, tmp_path):
+    run_dir = tmp_path / "none"
+    with pytest.raises(SystemExit) as stop:
+        main(["--evaluate", "--save_dir", str(run_dir), "--use_lstm", "True"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: no checkpoint at {run_dir / 'lstm' / 'checkpoint.pt'} to evaluate: train one with "
+        f"`python main.py --dataset mnist --save_dir {run_dir} --use_lstm True`, or pass --checkpoint PATH"]
+
+
+def test_help_lists_the_model_defaults_of_every_dataset(capsys, monkeypatch):
+    # An added dataset shows up too: the table is generated from the registry.
+    monkeypatch.setitem(datasets.DATASETS, "toy", {**datasets.DATASETS["mnist"], "image_width": 128, "channels": 1,
+                                                   "content_encoder": "vgg16", "pose_dim": 7, "use_skip": True})
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    help_text = capsys.readouterr().out
+    table = help_text[help_text.index("model defaults of each --dataset"):].splitlines()[2:]  # after the header
+    rows = {line.split()[0]: line.split() for line in table}
+    assert list(rows) == list(datasets.DATASETS)
+    for name, entry in datasets.DATASETS.items():
+        row = rows[name]
+        assert row == [name, str(entry["image_width"]), str(entry["channels"]),
+                       f"{entry['content_encoder']}/{entry['pose_encoder']}", entry["decoder"], str(entry["use_skip"]),
+                       str(entry["content_dim"]), str(entry["pose_dim"])]
+
+
 def test_learning_rate_given_on_resume_takes_effect(tiny_args, tmp_path):
     main(tiny_args())
     main(tiny_args("--resume", "True", "--max_iter", "3", "--lr", "0.0005", "--beta1", "0.8"))

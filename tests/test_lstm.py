@@ -7,14 +7,16 @@ import hashlib
 import math
 from pathlib import Path
 
+import imageio.v2 as imageio
+import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFont
 
 import demo
 import main
 from datasets import DATASETS, moving_mnist
-from lstm import freeze_drnet, lstm_step, teacher_forced_loss
+from lstm import freeze_drnet, label_strip_width, lstm_step, save_rollout, teacher_forced_loss
 from models import DRNet, DRNetPredictor, PoseLSTM, load_model
 from utils import export_weights, read_metrics
 
@@ -159,10 +161,65 @@ def test_lstm_run_writes_every_output(lstm_dir, drnet_dir):
         first = animation.convert("RGB")
         animation.seek(13)
         last = animation.convert("RGB")
-    assert first.getpixel((3, 3))[1] > 150 and first.getpixel((3, 3))[0] < 100  # observed: framed green
-    assert last.getpixel((3, 3))[0] > 150 and last.getpixel((3, 3))[1] < 100  # generated: framed red
+    corner = (label_strip_width(ImageFont.load_default()) + 3, 3)  # the first cell, right of the row labels
+    assert first.getpixel(corner)[1] > 150 and first.getpixel(corner)[0] < 100  # observed: framed green
+    assert last.getpixel(corner)[0] > 150 and last.getpixel(corner)[1] < 100  # generated: framed red
+    assert imageio.get_reader(run_dir / "samples" / "rollout_0000002.mp4").count_frames() == 2 + 12
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in drnet_dir.iterdir() if p.is_file()}
     assert after == drnet_digests  # the DRNET run directory is left as it was
+
+
+class NoisePredictor:
+    """Stands in for a trained predictor: random future frames of the past frames' shape."""
+
+    def predict(self, past: torch.Tensor, steps: int) -> torch.Tensor:
+        """`steps` random frames per clip."""
+        return torch.rand(past.shape[0], steps, *past.shape[2:], generator=torch.Generator().manual_seed(0))
+
+
+def label_strip(frame: np.ndarray) -> np.ndarray:
+    """The columns of an animation frame left of the first cell, where the row labels are."""
+    return frame[:, :label_strip_width(ImageFont.load_default())]
+
+
+def test_rollout_mp4_has_the_gifs_labelled_frames(tmp_path):
+    clips = torch.rand(2, 5, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    strip, gif, mp4 = save_rollout(NoisePredictor(), clips, 3, 4, tmp_path, "rollout")
+    assert strip.is_file() and mp4 == tmp_path / "rollout.mp4"
+    with Image.open(gif) as animation:
+        gif_frames = []
+        for index in range(animation.n_frames):
+            animation.seek(index)
+            gif_frames.append(np.asarray(animation.convert("RGB")))
+    video = imageio.get_reader(mp4)
+    assert video.count_frames() == len(gif_frames) == 3 + 4
+    mp4_frames = list(video.iter_data())
+    assert mp4_frames[0].shape == gif_frames[0].shape  # no resizing to macro blocks
+    for frames in (gif_frames, mp4_frames):
+        # Dark text on the white strip, in the row's colour: green while observed, then red.
+        labels = label_strip(frames[0]).astype(int)
+        assert (labels.min(axis=2) < 128).any()
+        assert ((labels[..., 1] - labels[..., 0]) > 100).any()
+        later = label_strip(frames[-1]).astype(int)
+        assert ((later[..., 0] - later[..., 1]) > 100).any()
+    # Lossy H.264 stays close to the GIF's frames, labels included.
+    assert np.abs(mp4_frames[0].astype(int) - gif_frames[0].astype(int)).mean() < 20
+
+
+def test_rollout_without_ffmpeg_warns_once_and_keeps_the_gif(tmp_path, monkeypatch, caplog):
+    import imageio_ffmpeg._io
+
+    def no_ffmpeg() -> str:
+        raise RuntimeError("No ffmpeg exe could be found")
+
+    monkeypatch.setattr(imageio_ffmpeg._io, "get_ffmpeg_exe", no_ffmpeg)  # what the writer calls
+    clips = torch.rand(2, 4, 3, 64, 64)
+    with caplog.at_level("WARNING", logger="drnet"):
+        _, gif, mp4 = save_rollout(NoisePredictor(), clips, 2, 2, tmp_path, "rollout")
+    assert mp4 is None and not (tmp_path / "rollout.mp4").exists()
+    assert Image.open(gif).n_frames == 4
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "rollout.mp4 not written" in warnings[0] and "ffmpeg" in warnings[0]
 
 
 def test_lstm_checkpoint_is_self_contained_and_loads_as_a_predictor(lstm_dir, drnet_dir):
@@ -282,7 +339,7 @@ def test_half_precision_export_loads_and_predicts_like_the_original(lstm_dir, tm
 def test_demo_writes_every_picture_from_a_model(lstm_dir, tmp_path, capsys):
     out = tmp_path / "demo"
     demo.main(["--model", str(lstm_dir[0] / "checkpoint.pt"), "--out", str(out), "--frames", "12"])
-    for name in ("analogy.png", "swaps.png", "rollout.gif", "rollout_every1.png"):
+    for name in ("analogy.png", "swaps.png", "rollout.gif", "rollout.mp4", "rollout_every1.png"):
         assert (out / name).stat().st_size > 0, name
     assert Image.open(out / "rollout.gif").n_frames == 10 + 12
     assert "content transfer" in capsys.readouterr().out

