@@ -115,8 +115,8 @@ def report_test_clips(model: DRNet, test_frames: torch.Tensor, test_clips: torch
                       ) -> dict[str, float]:
     """Save a reconstruction grid and an analogy grid of the fixed test clips; return the test metrics.
 
-    `test_content_ratio` is the within-clip over between-clip variance of the content vector (scale-free;
-    near 0: content constant over time, different between clips); `test_content_spread` its raw standard
+    `test_content_ratio` is the within-clip share of the content vector's variance (scale-free; near 0:
+    content constant over time, different between clips); `test_content_spread` its raw standard
     deviation across clips. With `swaps` (Moving MNIST), `test_content_transfer` tells whether the decoder
     uses the content at all (0: it draws from the pose alone; see transfer.py).
     """
