@@ -21,10 +21,10 @@ import torch
 
 def measure(use_skip: bool, batch_size: int, iters: int, warmup: int, device_name: str) -> dict:
     """Time `iters` training iterations (after `warmup`) of the mnist defaults; return the figures."""
-    from datasets import DATASETS
     from datasets.moving_mnist import moving_mnist
+    from datasets.registry import DATASETS
     from models import DRNet
-    from train import make_optimizers, train_step
+    from train_drnet import make_optimizers, train_step
     from utils import resolve_device
 
     device = resolve_device(device_name)

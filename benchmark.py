@@ -36,7 +36,7 @@ import torch
 from datasets import ClipDataset
 from datasets.frames import last_line
 from metrics import mse
-from models import DRNetPredictor
+from predictor import DRNetPredictor
 from utils import DRNetError
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # per-image metric: (..., C, H, W) pairs -> (...)

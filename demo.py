@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from datasets.moving_mnist import moving_mnist
-from lstm import save_rollout
-from models import load_model
-from train import save_analogy_grid
+from runs import load_model
+from train_drnet import save_analogy_grid
+from train_lstm import save_rollout
 from transfer import content_transfer, digit_channels, swap_set
 from utils import DRNetError, save_image_grid, setup_logging
 

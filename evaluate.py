@@ -52,13 +52,16 @@ import torch
 import torch.nn.functional as F
 
 from benchmark import benchmark_results, table_rows
-from datasets import ClipDataset, build_dataset
+from datasets import ClipDataset
 from datasets.moving_mnist import DIGIT_SIZE, MovingMNIST
+from datasets.registry import build_dataset
 from metrics import mse, per_step, psnr, ssim
-from models import DRNet, DRNetPredictor, SceneDiscriminator, discriminator_pairs, load_model
+from models import DRNet, SceneDiscriminator, discriminator_pairs
+from predictor import DRNetPredictor
 from probes import NothingToProbe, content_vectors, in_batches, pose_vectors, probe_results
+from runs import load_checkpoint, model_from_checkpoint
 from transfer import content_transfer, digit_channels, invariance_ratio, swap_set
-from utils import DRNetError, load_checkpoint, save_image_grid
+from utils import DRNetError, save_image_grid
 
 log = logging.getLogger("drnet")
 
@@ -325,21 +328,21 @@ def format_table(results: dict) -> str:
     return "\n".join([head, f"{'part':<15}{'metric':<38}{'value':>10}  reference", *rows, *skipped])
 
 
-def evaluate(checkpoint: str | Path, overrides: dict, device: torch.device) -> dict:
+def evaluate(checkpoint: str | Path, overrides: dict, device: torch.device, stored: dict | None = None) -> dict:
     """Evaluate a checkpoint, write eval/ beside it, print the table, and return the metrics.
 
     `overrides` may set data_root, seed, max_step (else the checkpoint's) and eval_clips, eval_steps (else
-    EVAL_CLIPS, EVAL_STEPS); None means unset.
+    EVAL_CLIPS, EVAL_STEPS); None means unset. `stored` is the checkpoint already loaded, if it is.
     """
     checkpoint = Path(checkpoint)
-    stored = load_checkpoint(checkpoint)
+    stored = load_checkpoint(checkpoint) if stored is None else stored
     config = {**stored["config"], **{k: overrides[k] for k in DATA_OVERRIDES if overrides.get(k) is not None}}
     n_clips = EVAL_CLIPS if overrides.get("eval_clips") is None else overrides["eval_clips"]
     n_steps = EVAL_STEPS if overrides.get("eval_steps") is None else overrides["eval_steps"]
     if n_clips < 2 or n_steps < 1:
         raise DRNetError(f"--eval_clips must be at least 2 (pairs of clips) and --eval_steps at least 1, "
                          f"got {n_clips} and {n_steps}")
-    model = load_model(checkpoint, device)
+    model = model_from_checkpoint(stored).to(device).eval()
     out_dir = checkpoint.parent / "eval"
     out_dir.mkdir(exist_ok=True)
     seed = config["seed"]

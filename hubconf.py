@@ -1,10 +1,11 @@
 """torch.hub entry points: `torch.hub.load(REPO_DIR, "drnet", source="local", checkpoint=PATH)`.
 
-Both return what models.load_model does: a DRNet (encode_content, encode_pose, decode) for a DRNET
+Both return what runs.load_model does: a DRNet (encode_content, encode_pose, decode) for a DRNET
 checkpoint, a DRNetPredictor (also `predict`) for a pose-LSTM one, on `device`, in eval mode.
 """
 
-from models import DRNet, load_model
+from models import DRNet
+from runs import load_model
 from utils import DRNetError
 
 dependencies = ["torch", "torchvision"]  # torch.hub checks that these import before it calls an entry point

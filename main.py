@@ -1,7 +1,7 @@
 """DRNET command line: `python main.py --dataset mnist` trains DRNET; see README.md for every flag.
 
-The same command with `--use_lstm True` then trains the pose LSTM on the trained, frozen DRNET (lstm.py).
-Flags left unset take the dataset's defaults (datasets.DATASETS), then the shared ones below. A resumed
+The same command with `--use_lstm True` then trains the pose LSTM on the trained, frozen DRNET (train_lstm.py).
+Flags left unset take the dataset's defaults (datasets.registry.DATASETS), then the shared ones below. A resumed
 run starts from the configuration stored in its checkpoint, changed only by the flags given explicitly.
 """
 
@@ -16,17 +16,27 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
-from datasets import DATASETS, available, build_dataset
 from datasets.prefetch import MAX_AHEAD
+from datasets.registry import DATASETS, available, build_dataset
 from models import HEAD_DEFAULTS, SUPPORTED_SIZES
+from runs import (
+    ARCHITECTURE_KEYS,
+    LSTM_SHAPE_KEYS,
+    architecture_values,
+    check_architecture,
+    checkpoint_path,
+    checkpoint_to_resume,
+    load_checkpoint,
+    run_dir_of,
+)
 from utils import (
     DRNetError,
     check_run_dir_free,
     hold_run_dir,
-    load_checkpoint,
     remove_stale_temporaries,
     resolve_device,
     setup_logging,
@@ -41,7 +51,7 @@ DEFAULTS = {"lr": 0.002, "beta1": 0.5, "batch_size": 100, "max_iter": 50000, "ma
 # Flags that choose what to do or where, never stored as part of the model's configuration.
 RUN_FLAGS = ("resume", "start_iter", "save_dir", "use_lstm", "evaluate", "checkpoint", "eval_clips", "eval_steps")
 
-# LSTM stage [py, seed] (SPEC §4): these replace or add to DEFAULTS when --use_lstm is on.
+# LSTM stage [py, seed] (drnet-py's train_lstm.py): these replace or add to DEFAULTS when --use_lstm is on.
 LSTM_DEFAULTS = {"lr": 0.0002, "beta1": 0.9, "n_past": 10, "n_future": 10, "rnn_size": 256, "rnn_layers": 2,
                  "rollout_len": 500}
 LSTM_COUNTS = ("n_past", "n_future", "rnn_size", "rnn_layers", "rollout_len")  # each must be at least 1
@@ -141,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def dataset_defaults_table() -> str:
-    """The model defaults of every dataset in datasets.DATASETS, as a text table for the end of --help."""
+    """The model defaults of every dataset in datasets.registry.DATASETS, as a text table for the end of --help."""
     header = ("dataset", "image_width", "channels", "encoders (content/pose)", "decoder", "use_skip", "content_dim",
               "pose_dim")
     rows = [(name, str(entry["image_width"]), str(entry["channels"]),
@@ -154,111 +164,85 @@ def dataset_defaults_table() -> str:
         "  " + line for line in lines)
 
 
-def default_run_dir(config: dict) -> Path:
-    """runs/<dataset>, with a _skip suffix when skip connections are on."""
-    return Path("runs") / (config["dataset"] + ("_skip" if config["use_skip"] else ""))
-
-
 def with_dataset(args: argparse.Namespace) -> argparse.Namespace:
     """`args` with --dataset filled in when it was not given (the parser leaves it None so that can be told)."""
     return argparse.Namespace(**{**vars(args), "dataset": args.dataset or DEFAULT_DATASET})
 
 
-def resolve_config(args: argparse.Namespace) -> dict:
-    """Merge explicit flags, the checkpoint's config when resuming, dataset defaults and shared defaults.
+class Resolved(NamedTuple):
+    """A stage's resolved configuration, and the checkpoint it starts from, read once here and passed on."""
 
-    Nothing is written: a mistake is a DRNetError before the run directory exists.
+    config: dict
+    checkpoint: dict | None  # DRNET: the one resumed (None for a new run); LSTM: the LSTM one resumed, else the DRNET
+
+
+def resolve_run(args: argparse.Namespace) -> Resolved:
+    """Merge explicit flags, the checkpoint's config when resuming, then (LSTM,) dataset and shared defaults.
+
+    Both stages resolve alike; the LSTM stage's network shapes are its DRNET's, and its run lives in the
+    `lstm/` folder of the DRNET run directory (--save_dir or the default). A resumed run continues from its
+    own self-contained checkpoint. Nothing is written: a mistake is a DRNetError before the run directory exists.
     """
     check_values(vars(args))
     args = with_dataset(args)
-    if args.use_lstm:
-        return resolve_lstm_config(args)
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in LSTM_ONLY}
+    lstm = bool(args.use_lstm)
+    ignored = (*RUN_FLAGS, "drnet_checkpoint") if lstm else (*RUN_FLAGS, *LSTM_ONLY)
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ignored}
     entry = {k: v for k, v in DATASETS[args.dataset].items() if k != "loader"}
-    config = {"dataset": args.dataset, **DEFAULTS, **entry, **given}
-    for flag in RUN_FLAGS:
-        config.pop(flag, None)
-    run_dir = Path(given.get("save_dir") or default_run_dir(config))
+    config = {"dataset": args.dataset, **DEFAULTS, **entry, **(LSTM_DEFAULTS if lstm else {}), **given}
+    run_dir = run_dir_of(args.save_dir, args.dataset, config["use_skip"], lstm)
     check_run_dir_free(run_dir)
+    train = f"python main.py --dataset {args.dataset}"
     resume_from = None
     if args.resume or args.start_iter:
-        from train import check_architecture
-
-        resume_from, checkpoint = checkpoint_to_resume(run_dir, args, "checkpoint",
-                                                       f"python main.py --dataset {args.dataset}")
-        if checkpoint.get("kind", "drnet") != "drnet":
-            raise DRNetError(f"{resume_from} is the checkpoint of a pose-LSTM run, not of a DRNET run: continue it "
-                             f"with --use_lstm True --resume True --save_dir {run_dir.parent}")
-        config = {**checkpoint["config"], **{k: v for k, v in given.items() if k not in RUN_FLAGS}}
-        check_architecture(checkpoint, config, resume_from)
-    elif (run_dir / "checkpoint.pt").exists():
-        raise DRNetError(f"{run_dir} already holds a run: continue it with --resume True, or choose another "
-                         "--save_dir")
-    config["run_dir"], config["resume_from"] = str(run_dir), str(resume_from) if resume_from else None
-    check_config(config)
-    return config
-
-
-def checkpoint_to_resume(run_dir: Path, args: argparse.Namespace, what: str, start_command: str
-                         ) -> tuple[Path, dict]:
-    """The checkpoint `--resume`/`--start_iter` asks for in `run_dir`, loaded; or an error saying how to start."""
-    from train import checkpoint_path
-
-    path = checkpoint_path(run_dir, args.start_iter or None)
-    if not path.is_file():
-        raise DRNetError(f"nothing to resume: no {what} {path}; start a run with `{start_command}` "
-                         "(or pass its --save_dir)")
-    return path, load_checkpoint(path)
-
-
-def resolve_lstm_config(args: argparse.Namespace) -> dict:
-    """The LSTM stage's config: flags, then LSTM, dataset and shared defaults; network shapes are the DRNET's.
-
-    The DRNET run directory is found as for DRNET (--save_dir or the default); the LSTM run lives in its
-    `lstm/` folder. Resuming continues that run from its own self-contained checkpoint.
-    """
-    from lstm import LSTM_SHAPE_KEYS
-    from models import architecture_keys
-    from train import check_architecture, checkpoint_path
-
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in (*RUN_FLAGS, "drnet_checkpoint")}
-    entry = {k: v for k, v in DATASETS[args.dataset].items() if k != "loader"}
-    config = {"dataset": args.dataset, **DEFAULTS, **entry, **LSTM_DEFAULTS, **given}
-    drnet_dir = Path(args.save_dir or default_run_dir(config))
-    run_dir = drnet_dir / "lstm"
-    check_run_dir_free(run_dir)
-    resume_from = None
-    if args.resume or args.start_iter:
-        resume_from, checkpoint = checkpoint_to_resume(run_dir, args, "LSTM checkpoint",
-                                                       f"python main.py --dataset {args.dataset} --use_lstm True")
-        if checkpoint.get("kind") != "lstm":
-            raise DRNetError(f"{resume_from} is not an LSTM-stage checkpoint")
+        what, start_command = ("LSTM checkpoint", f"{train} --use_lstm True") if lstm else ("checkpoint", train)
+        resume_from, checkpoint = checkpoint_to_resume(run_dir, args.start_iter, what, start_command)
+        check_kind(checkpoint, resume_from, lstm, run_dir)
         config = {**checkpoint["config"], **given}
-        stored_drnet = Path(config["drnet_checkpoint"]).resolve()
-        if args.drnet_checkpoint and Path(args.drnet_checkpoint).resolve() != stored_drnet:
+        if lstm and args.drnet_checkpoint and (Path(args.drnet_checkpoint).resolve()
+                                               != Path(config["drnet_checkpoint"]).resolve()):
             raise DRNetError(f"{resume_from} continues the LSTM of {config['drnet_checkpoint']}; drop "
                              "--drnet_checkpoint or start a new LSTM run")
-        check_architecture(checkpoint, config, resume_from, (*architecture_keys(), *LSTM_SHAPE_KEYS))
+        check_architecture(checkpoint, config, resume_from, (*ARCHITECTURE_KEYS, *(LSTM_SHAPE_KEYS if lstm else ())))
+    elif checkpoint_path(run_dir).exists():
+        held, resume_flags = ("an LSTM run", "--resume True --use_lstm True") if lstm else ("a run", "--resume True")
+        raise DRNetError(f"{run_dir} already holds {held}: continue it with {resume_flags}, or choose another "
+                         "--save_dir")
+    elif lstm:
+        checkpoint = drnet_to_freeze(args, config, given, run_dir.parent)
     else:
-        if checkpoint_path(run_dir).exists():
-            raise DRNetError(f"{run_dir} already holds an LSTM run: continue it with --resume True --use_lstm True, "
-                             "or choose another --save_dir")
-        drnet_path = Path(args.drnet_checkpoint or checkpoint_path(drnet_dir))
-        if not drnet_path.is_file():
-            save_dir = f" --save_dir {args.save_dir}" if args.save_dir else ""
-            raise DRNetError(f"no trained DRNET at {drnet_path}: train one first with `python main.py --dataset "
-                             f"{args.dataset}{save_dir}`, or pass --drnet_checkpoint PATH")
-        drnet = load_checkpoint(drnet_path)
-        if drnet.get("kind", "drnet") != "drnet":
-            raise DRNetError(f"{drnet_path} is not a DRNET checkpoint (kind {drnet.get('kind')!r})")
-        # The dataset and image size the flags ask for must be the DRNET's, and so must any network shape
-        # given explicitly; every other shape is taken from the DRNET.
-        check_architecture(drnet, config, drnet_path, ("image_width", *(k for k in architecture_keys() if k in given)))
-        config.update({k: drnet["config"][k] for k in architecture_keys()})
-        config["drnet_checkpoint"] = str(drnet_path)
+        checkpoint = None
     config["run_dir"], config["resume_from"] = str(run_dir), str(resume_from) if resume_from else None
-    check_config(config, lstm=True)
-    return config
+    check_config(config, lstm)
+    return Resolved(config, checkpoint)
+
+
+def check_kind(checkpoint: dict, path: Path, lstm: bool, run_dir: Path) -> None:
+    """Refuse to resume one stage from the other stage's checkpoint (older DRNET checkpoints have no kind)."""
+    if lstm and checkpoint.get("kind") != "lstm":
+        raise DRNetError(f"{path} is not an LSTM-stage checkpoint")
+    if not lstm and checkpoint.get("kind", "drnet") != "drnet":
+        raise DRNetError(f"{path} is the checkpoint of a pose-LSTM run, not of a DRNET run: continue it "
+                         f"with --use_lstm True --resume True --save_dir {run_dir.parent}")
+
+
+def drnet_to_freeze(args: argparse.Namespace, config: dict, given: dict, drnet_dir: Path) -> dict:
+    """The trained DRNET a new LSTM run freezes, loaded; `config` takes its network shapes and path."""
+    drnet_path = Path(args.drnet_checkpoint or checkpoint_path(drnet_dir))
+    if not drnet_path.is_file():
+        save_dir = f" --save_dir {args.save_dir}" if args.save_dir else ""
+        raise DRNetError(f"no trained DRNET at {drnet_path}: train one first with `python main.py --dataset "
+                         f"{args.dataset}{save_dir}`, or pass --drnet_checkpoint PATH")
+    drnet = load_checkpoint(drnet_path)
+    if drnet.get("kind", "drnet") != "drnet":
+        raise DRNetError(f"{drnet_path} is not a DRNET checkpoint (kind {drnet.get('kind')!r})")
+    # The dataset and image size the flags ask for must be the DRNET's, and so must any network shape
+    # given explicitly; every other shape is taken from the DRNET.
+    check_architecture(drnet, config, drnet_path, ("image_width", *(k for k in ARCHITECTURE_KEYS if k in given)))
+    stored = architecture_values(drnet["config"])
+    config.update({k: stored[k] for k in ARCHITECTURE_KEYS})
+    config["drnet_checkpoint"] = str(drnet_path)
+    return drnet
 
 
 def check_values(values: dict) -> None:
@@ -290,12 +274,9 @@ def checkpoint_to_evaluate(args: argparse.Namespace) -> Path:
     """--checkpoint, else the latest checkpoint of the run directory the same flags would train in."""
     if args.checkpoint:
         return Path(args.checkpoint)
-    from train import checkpoint_path
-
     args = with_dataset(args)
     use_skip = DATASETS[args.dataset]["use_skip"] if args.use_skip is None else args.use_skip
-    run_dir = Path(args.save_dir or default_run_dir({"dataset": args.dataset, "use_skip": use_skip}))
-    path = checkpoint_path(run_dir / "lstm" if args.use_lstm else run_dir)
+    path = checkpoint_path(run_dir_of(args.save_dir, args.dataset, use_skip, bool(args.use_lstm)))
     if not path.is_file():
         # The flags that located the run are the ones that train it, so the command to suggest is known.
         train = " ".join(["python main.py --dataset", args.dataset,
@@ -318,7 +299,7 @@ def pick_device(name: str, gpu: int, gpu_given: bool) -> torch.device:
 def run_evaluation(args: argparse.Namespace) -> None:
     """`--evaluate`: metrics of a checkpoint, with its stored config changed only by data and size flags.
 
-    The run directory's refusal to train over an existing run (resolve_config) does not apply: evaluation
+    The run directory's refusal to train over an existing run (resolve_run) does not apply: evaluation
     reads a run and writes only into its eval/ folder. A --dataset that is not the checkpoint's is an error.
     """
     from evaluate import DATA_OVERRIDES, evaluate
@@ -326,14 +307,15 @@ def run_evaluation(args: argparse.Namespace) -> None:
     check_values(vars(args))
     overrides = {k: v for k, v in vars(args).items() if k in (*DATA_OVERRIDES, "eval_clips", "eval_steps")}
     path = checkpoint_to_evaluate(args)
+    checkpoint = load_checkpoint(path)  # read once: evaluation rebuilds the model from it
     if args.dataset is not None:
-        stored = load_checkpoint(path, mmap=True)["config"]["dataset"]  # mapped: only the config is read
+        stored = checkpoint["config"]["dataset"]
         if stored != args.dataset:
             raise DRNetError(f"{path} is a {stored} checkpoint, not {args.dataset}: evaluation uses the checkpoint's "
                              "dataset, so drop --dataset or name another --checkpoint")
     device = pick_device(args.device or DEFAULTS["device"], DEFAULTS["gpu"] if args.gpu is None else args.gpu,
                          args.gpu is not None)
-    evaluate(path, overrides, device)
+    evaluate(path, overrides, device, checkpoint)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -347,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.evaluate:
             run_evaluation(args)
             return
-        config = resolve_config(args)
+        config, checkpoint = resolve_run(args)
         device = pick_device(config["device"], config["gpu"], args.gpu is not None)
         data = build_dataset(config, "train"), build_dataset(config, "test")
         run_dir = Path(config["run_dir"])
@@ -357,13 +339,13 @@ def main(argv: list[str] | None = None) -> None:
                 log.info("removed %s, left half-written by a run that was stopped while writing it", stale)
             log.info("run directory %s on %s; config: %s", run_dir, device, json.dumps(config))
             if args.use_lstm:
-                from lstm import train_lstm
+                from train_lstm import train_lstm
 
-                train_lstm(config, device, data)
+                train_lstm(config, device, data, checkpoint)
             else:
-                from train import train_drnet
+                from train_drnet import train_drnet
 
-                train_drnet(config, device, data)
+                train_drnet(config, device, data, checkpoint)
     except DRNetError as error:
         log.error("error: %s", error)
         sys.exit(2)

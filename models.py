@@ -1,23 +1,24 @@
-"""DRNET networks: encoders, decoders, scene discriminator, pose LSTM, and their registry.
+"""DRNET networks: encoders, decoders, scene discriminator, and their registry (the pose LSTM: predictor.py).
 
 Every encoder maps frames (B, C, S, S) in [0, 1] to `(h, skips)`: a vector h of shape (B, dim) and
 the list of its intermediate feature maps (finest first) that the skip decoder concatenates. The skips of
 every encoder have the same shapes: 64, 128, 256, 512 (, 512) channels at S/2, S/4, ..., 4 px, each taken
 after its stage's downsampling, so any content encoder pairs with any decoder, with or without skips.
 Every decoder maps `(h_c, h_p, skips)` back to frames (B, C, S, S) in [0, 1].
-`ENCODERS` and `DECODERS` name the architectures; `datasets.DATASETS` says which one each dataset uses.
+`ENCODERS` and `DECODERS` name the architectures; `datasets.registry.DATASETS` says which one each dataset uses,
+and `Architecture` holds the fields of a configuration that fix the networks' shapes. Nothing here reads
+or writes files: `runs.load_model` rebuilds a model from a checkpoint.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from utils import DRNetError
 
 SUPPORTED_SIZES = (64, 128)
 # Options of the encoders' code heads, at the authors' values: a learnable BatchNorm scale on the content
@@ -26,9 +27,9 @@ HEAD_DEFAULTS = {"content_affine": True, "normalize": False}
 
 
 def check_image_size(image_size: int) -> int:
-    """Return the number of stride-2 stages that bring `image_size` down to 4 px, or raise."""
-    if image_size not in SUPPORTED_SIZES:
-        raise DRNetError(f"unsupported image size {image_size}: the networks are built for "
+    """Return the number of stride-2 stages that bring `image_size` down to 4 px, or raise a ValueError."""
+    if image_size not in SUPPORTED_SIZES:  # main.py refuses such a --image_width before any network is built
+        raise ValueError(f"unsupported image size {image_size}: the networks are built for "
                          f"{' or '.join(map(str, SUPPORTED_SIZES))} px")
     return image_size.bit_length() - 3  # 64 -> 4 stages, 128 -> 5 stages
 
@@ -122,7 +123,8 @@ class Decoder(StagedDecoder):
         super().__init__(content_dim, pose_dim, widths[0], stages, out, use_skip)
 
 
-# VGG16 and ResNet-18 (SPEC §3), built on the same skeletons, hence with the same skip shapes as DCGAN.
+# VGG16 and ResNet-18, the encoders the paper uses beyond Moving MNIST, built on the same skeletons, hence
+# with the same skip shapes as DCGAN.
 # The 3x3 convolutions keep the DCGAN defaults (BatchNorm, LeakyReLU(0.2)); nothing is pretrained.
 
 VGG_BLOCK_DEPTHS = (2, 2, 3, 3, 3)  # 3x3 convs per VGG16 block, finest first; 128 px repeats the 512 block
@@ -245,21 +247,46 @@ class Content(NamedTuple):
     skips: list[torch.Tensor]
 
 
+@dataclass(frozen=True)
+class Architecture:
+    """The configuration fields that fix the networks; two checkpoints agree on all of them or are incompatible.
+
+    The code-head options default to the authors' values, which checkpoints older than the options imply.
+    """
+
+    content_encoder: str
+    pose_encoder: str
+    decoder: str
+    image_width: int
+    channels: int
+    content_dim: int
+    pose_dim: int
+    use_skip: bool
+    content_affine: bool = HEAD_DEFAULTS["content_affine"]
+    normalize: bool = HEAD_DEFAULTS["normalize"]
+
+    @classmethod
+    def of(cls, config: dict) -> Architecture:
+        """The architecture a configuration names (other keys are ignored)."""
+        return cls(**{f.name: config[f.name] for f in fields(cls) if f.name in config})
+
+
 class DRNet(nn.Module):
     """The four DRNET networks built from a resolved config, with the encode/decode API."""
 
     def __init__(self, config: dict):
         super().__init__()
         self.config = dict(config)  # what it was built from: a loaded model says what it is
-        size, channels = config["image_width"], config["channels"]
-        content_dim, pose_dim = config["content_dim"], config["pose_dim"]
-        self.use_skip = bool(config["use_skip"])
-        normalize = architecture_value(config, "normalize")
-        self.content_encoder = ENCODERS[config["content_encoder"]](
-            channels, content_dim, size, affine=architecture_value(config, "content_affine"), normalize=normalize)
-        self.pose_encoder = ENCODERS[config["pose_encoder"]](channels, pose_dim, size, normalize=normalize)
-        self.decoder = DECODERS[config["decoder"]](channels, content_dim, pose_dim, size, self.use_skip)
-        self.scene_discriminator = SceneDiscriminator(pose_dim)
+        shape = Architecture.of(config)
+        self.use_skip = bool(shape.use_skip)
+        self.content_encoder = ENCODERS[shape.content_encoder](
+            shape.channels, shape.content_dim, shape.image_width, affine=shape.content_affine,
+            normalize=shape.normalize)
+        self.pose_encoder = ENCODERS[shape.pose_encoder](shape.channels, shape.pose_dim, shape.image_width,
+                                                         normalize=shape.normalize)
+        self.decoder = DECODERS[shape.decoder](shape.channels, shape.content_dim, shape.pose_dim, shape.image_width,
+                                               self.use_skip)
+        self.scene_discriminator = SceneDiscriminator(shape.pose_dim)
         self.apply(init_weights)
 
     def encode_content(self, x: torch.Tensor) -> Content:
@@ -278,145 +305,3 @@ class DRNet(nn.Module):
     def forward(self, x_content: torch.Tensor, x_pose: torch.Tensor) -> torch.Tensor:
         """Render the content of `x_content` in the pose of `x_pose`."""
         return self.decode(self.encode_content(x_content), self.encode_pose(x_pose))
-
-
-# ---- LSTM stage (SPEC §1 item 3, §3): a pose LSTM on top of a trained, frozen DRNET ----
-
-LSTMState = list[tuple[torch.Tensor, torch.Tensor]]  # (hidden, cell) per stacked LSTM cell
-DECODE_CHUNK = 256  # frames per decoder call when a predicted sequence is rendered
-
-
-class PoseLSTM(nn.Module):
-    """Predicts the next pose: Linear(content+pose -> hidden), stacked LSTM cells, Linear(hidden -> pose), Tanh.
-
-    It keeps no state between calls: every call starts from zeros sized by its own input's batch.
-    """
-
-    def __init__(self, content_dim: int, pose_dim: int, hidden: int = 256, layers: int = 2):
-        super().__init__()
-        self.content_dim, self.pose_dim, self.hidden = content_dim, pose_dim, hidden
-        self.embed = nn.Linear(pose_dim + content_dim, hidden)
-        self.cells = nn.ModuleList(nn.LSTMCell(hidden, hidden) for _ in range(layers))
-        self.out = nn.Sequential(nn.Linear(hidden, pose_dim), nn.Tanh())
-
-    def initial_state(self, like: torch.Tensor) -> LSTMState:
-        """Zero hidden and cell states for the batch, device and dtype of `like` (B, ...)."""
-        zeros = like.new_zeros(like.shape[0], self.hidden)
-        return [(zeros, zeros) for _ in self.cells]
-
-    def step(self, content: torch.Tensor, pose: torch.Tensor, state: LSTMState | None = None
-             ) -> tuple[torch.Tensor, LSTMState]:
-        """One transition: content (B, content_dim) and pose (B, pose_dim) at t-1 -> pose (B, pose_dim) at t."""
-        batch = content.shape[0]
-        # Exact shapes: a (B, pose_dim, 1, 1) pose would broadcast silently in the loss (the reference's bug).
-        if content.shape != (batch, self.content_dim) or pose.shape != (batch, self.pose_dim):
-            raise ValueError(f"expected content ({batch}, {self.content_dim}) and pose ({batch}, {self.pose_dim}), "
-                             f"got {tuple(content.shape)} and {tuple(pose.shape)}")
-        x = self.embed(torch.cat([pose, content], dim=1))
-        new_state = []
-        for cell, (hidden, memory) in zip(self.cells, state or self.initial_state(content), strict=True):
-            hidden, memory = cell(x, (hidden, memory))
-            new_state.append((hidden, memory))
-            x = hidden
-        return self.out(x), new_state
-
-    def forward(self, content: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
-        """Teacher forcing: content (B, content_dim), poses (B, T, pose_dim) -> next poses (B, T, pose_dim)."""
-        if poses.dim() != 3:
-            raise ValueError(f"expected poses (B, T, {self.pose_dim}), got {tuple(poses.shape)}")
-        state, predicted = None, []
-        for t in range(poses.shape[1]):
-            pose, state = self.step(content, poses[:, t], state)
-            predicted.append(pose)
-        return torch.stack(predicted, dim=1)
-
-
-class DRNetPredictor(DRNet):
-    """A trained DRNET with its pose LSTM: the DRNet API plus `predict`, which generates future frames."""
-
-    def __init__(self, config: dict, lstm_config: dict):
-        super().__init__(config)
-        self.lstm = PoseLSTM(config["content_dim"], config["pose_dim"], lstm_config["rnn_size"],
-                             lstm_config["rnn_layers"])
-        self.lstm.apply(init_weights)
-
-    def drnet_state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights of the DRNET networks alone, loadable into a plain `DRNet`."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("lstm.")}
-
-    def load_weights(self, drnet_state: dict, lstm_state: dict) -> None:
-        """Load DRNET weights (a `DRNet` state dict) and LSTM weights; every key must match."""
-        self.load_state_dict({**drnet_state, **{f"lstm.{k}": v for k, v in lstm_state.items()}})
-
-    def encode_pose_sequence(self, clips: torch.Tensor) -> torch.Tensor:
-        """Pose vectors (B, T, pose_dim) of clips (B, T, C, H, W)."""
-        return self.encode_pose(clips.flatten(0, 1)).unflatten(0, clips.shape[:2])
-
-    @torch.no_grad()
-    def predict(self, past: torch.Tensor, n_future: int) -> torch.Tensor:
-        """Frames (B, n_future, C, H, W) that follow `past` (B, T, C, H, W) in [0, 1], T >= 1.
-
-        Content comes from the last observed frame; the LSTM reads the observed poses, then its own
-        predictions. Call it in eval mode (as `load_model` returns the model) for deterministic frames.
-        """
-        if past.dim() != 5 or past.shape[1] < 1:
-            raise ValueError(f"expected past frames (B, T>=1, C, H, W), got {tuple(past.shape)}")
-        if n_future < 1:
-            raise ValueError(f"n_future must be at least 1, got {n_future}")
-        content = self.encode_content(past[:, -1])
-        observed = self.encode_pose_sequence(past)
-        state = None
-        for t in range(observed.shape[1]):
-            pose, state = self.lstm.step(content.h, observed[:, t], state)
-        poses = [pose]
-        for _ in range(n_future - 1):
-            pose, state = self.lstm.step(content.h, pose, state)
-            poses.append(pose)
-        return self.decode_sequence(content, torch.stack(poses, dim=1))
-
-    def decode_sequence(self, content: Content, poses: torch.Tensor) -> torch.Tensor:
-        """Frames (B, T, C, H, W) of one content per clip in poses (B, T, pose_dim), in large batches.
-
-        The pose LSTM runs first and the decoder afterwards, DECODE_CHUNK frames per call: one call per
-        frame would leave the decoder with batches of a few frames, far slower on any device.
-        """
-        batch, steps = poses.shape[:2]
-        flat_poses = poses.flatten(0, 1)
-
-        def repeated(x: torch.Tensor) -> torch.Tensor:  # (B, ...) -> (B * T, ...), clip-major like the poses
-            return x[:, None].expand(batch, steps, *x.shape[1:]).flatten(0, 1)
-
-        frames = []
-        for start in range(0, batch * steps, DECODE_CHUNK):
-            chunk = slice(start, start + DECODE_CHUNK)
-            chunk_content = Content(repeated(content.h)[chunk], [repeated(s)[chunk] for s in content.skips])
-            frames.append(self.decode(chunk_content, flat_poses[chunk]))
-        return torch.cat(frames).unflatten(0, (batch, steps))
-
-
-def architecture_keys() -> tuple[str, ...]:
-    """Config keys that fix the networks; two checkpoints agree on them or are incompatible."""
-    return ("content_encoder", "pose_encoder", "decoder", "image_width", "channels", "content_dim",
-            "pose_dim", "use_skip", *HEAD_DEFAULTS)
-
-
-def architecture_value(config: dict, key: str) -> object:
-    """`config[key]`, or for the code-head options the authors' default (checkpoints older than the option)."""
-    return config.get(key, HEAD_DEFAULTS.get(key))
-
-
-def load_model(path: str, device: str | torch.device = "cpu") -> DRNet:
-    """Rebuild the trained model from a checkpoint file alone; returned on `device`, in eval mode.
-
-    A DRNET checkpoint gives a `DRNet`; an LSTM-stage checkpoint gives a `DRNetPredictor` (with `predict`).
-    """
-    from utils import load_checkpoint
-
-    checkpoint = load_checkpoint(path, map_location=device)
-    if checkpoint.get("kind") == "lstm":
-        model = DRNetPredictor(checkpoint["drnet_config"], checkpoint["config"])
-        model.load_weights(checkpoint["model"], checkpoint["lstm"])
-    else:
-        model = DRNet(checkpoint["config"])
-        model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval()

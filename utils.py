@@ -1,5 +1,5 @@
-"""Shared helpers: user-facing errors, flag parsing, devices, RNG state, checkpoints, the run directory's lock,
-logs, loss watching and pictures."""
+"""General helpers: user-facing errors, flag parsing, devices, atomic file writes, the run directory's lock,
+logging, CSV logs and their curves, and pictures. The checkpoint format and the training loop are in runs.py."""
 
 from __future__ import annotations
 
@@ -11,15 +11,10 @@ import logging
 import logging.handlers
 import math
 import os
-import pickle
-import re
 import shlex
 import shutil
-import signal
-import statistics
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -69,22 +64,6 @@ def resolve_device(name: str = "auto", gpu: int = 0) -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise DRNetError("--device mps was asked for, but MPS is not available on this machine")
     return torch.device(name)
-
-
-def rng_state(data_state: torch.Tensor) -> dict:
-    """Every random state a run depends on: the data generator's before the next batch, torch's CPU and CUDA."""
-    state = {"data": data_state, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict, generator: torch.Generator) -> None:
-    """Restore what `rng_state` saved."""
-    generator.set_state(state["data"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
@@ -163,66 +142,6 @@ def tensor_bytes(state: object) -> int:
     return 0
 
 
-def non_finite_tensors(state: object, name: str = "") -> list[str]:
-    """Names (dotted paths) of the floating-point tensors in a nested state that hold NaN or infinity."""
-    if isinstance(state, torch.Tensor):
-        return [name] if state.is_floating_point() and not torch.isfinite(state).all() else []
-    if isinstance(state, dict):
-        items = state.items()
-    elif isinstance(state, list | tuple):
-        items = enumerate(state)
-    else:
-        return []
-    return [bad for key, value in items for bad in non_finite_tensors(value, f"{name}.{key}" if name else str(key))]
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
-    """Load a checkpoint of plain tensors and values (`weights_only=True`), or raise a one-line error.
-
-    With `mmap` the tensors are mapped, not read: cheap when only the config is wanted.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DRNetError(f"no checkpoint at {path}")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as error:
-        # PyTorch's message advises loading with weights_only=False, which runs whatever code the file holds:
-        # a file of this project never needs that, so name the object and refuse.
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        what = f" ({found.group(1)})" if found else ""
-        raise DRNetError(f"{path} is not a plain checkpoint of this project: it holds a Python object{what} that "
-                         "loading would have to run as code; it was not loaded") from error
-    except Exception as error:  # truncated, corrupt, or not a checkpoint at all
-        raise DRNetError(f"cannot read checkpoint {path}: {type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else 'unreadable'}") from error
-    if not isinstance(checkpoint, dict) or "config" not in checkpoint or "model" not in checkpoint:
-        raise DRNetError(f"{path} is not a DRNET checkpoint of this project")
-    return checkpoint
-
-
-def load_optimizer(optimizer: torch.optim.Optimizer, state: dict, config: dict) -> None:
-    """Restore an optimizer's state, then apply the config's lr and beta1 (flags given when resuming win)."""
-    optimizer.load_state_dict(state)  # this also restores the stored lr and betas
-    for group in optimizer.param_groups:
-        group["lr"], group["betas"] = config["lr"], (config["beta1"], group["betas"][1])
-
-
-def export_weights(checkpoint: dict, path: str | Path) -> None:
-    """Save a checkpoint's weights in half precision, without optimizer or random states, for shipping.
-
-    `load_model` reads the result like any checkpoint (loading casts the weights back to float32).
-    """
-    def half(state: dict) -> dict:
-        return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-
-    kept = {k: v for k, v in checkpoint.items() if k not in ("optimizers", "rng")}
-    kept["model"] = half(checkpoint["model"])
-    if "lstm" in checkpoint:
-        kept["lstm"] = half(checkpoint["lstm"])
-    save_checkpoint(kept, path)
-
-
 def check_run_dir_free(run_dir: Path) -> None:
     """Raise a one-line DRNetError naming the holder if another run holds `run_dir`; creates nothing."""
     lock_path = run_dir / RUN_LOCK
@@ -274,35 +193,6 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     for path in stale:
         path.unlink()
     return stale
-
-
-class LossWatch:
-    """Spots losses that jump far above their running median: the usual first sign of a diverging run."""
-
-    def __init__(self, factor: float = 1000.0, window: int = 100):
-        self.factor, self.window = factor, window
-        self.history: dict[str, deque[float]] = {}
-        self.quiet_until: dict[str, int] = {}
-
-    def check(self, iteration: int, values: dict[str, float]) -> list[str]:
-        """Record one iteration's metrics; a warning per loss above `factor` times its running median.
-
-        The median is over the last `window` iterations, from the second iteration on: a too-high learning
-        rate can blow a loss up within one step. Accuracies (names ending in `_acc`) are not losses and are
-        left out. A loss that warned stays quiet for a window, so a diverged run warns once, not every time.
-        """
-        warnings = []
-        for name, value in values.items():
-            if name.endswith("_acc"):
-                continue
-            history = self.history.setdefault(name, deque(maxlen=self.window))
-            median = statistics.median(history) if history else math.nan
-            if median > 0 and value > self.factor * median and iteration >= self.quiet_until.get(name, 0):
-                warnings.append(f"warning: iteration {iteration}: {name} {value:.4g} is {value / median:.3g} times "
-                                f"its running median {median:.4g}; the run may be diverging (a lower --lr helps)")
-                self.quiet_until[name] = iteration + self.window
-            history.append(value)
-        return warnings
 
 
 class TqdmHandler(logging.Handler):
@@ -410,29 +300,6 @@ def save_image_grid(images: torch.Tensor, path: Path, columns: int) -> None:
     from torchvision.utils import save_image
 
     save_image(images.detach().float().cpu().clamp(0, 1), path, nrow=columns, padding=2, pad_value=1.0)
-
-
-class StopOnInterrupt:
-    """Within this context the first Ctrl-C asks the training loop to stop cleanly after the current
-    iteration (so the checkpoint holds a whole iteration); a second Ctrl-C aborts at once."""
-
-    def __enter__(self) -> StopOnInterrupt:
-        self.requested = False
-        try:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            self.previous = None
-        return self
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        logging.getLogger("drnet").info("stopping after this iteration (Ctrl-C again to abort)")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
 
 
 def report_errors(action: Callable[[], str]) -> int:

@@ -1,6 +1,6 @@
 """Convert the downloaded KTH videos into grey PNG frames plus one JSON index.
 
-Usage: ``python datasets/convert_kth.py --data_root DIR --image_size 128 [--workers N]``
+Usage: ``python -m datasets.convert_kth --data_root DIR --image_size 128 [--workers N]``
 (after ``sh datasets/download_kth.sh DIR``).
 
 Input: every ``personXX_<class>_dY_uncomp.avi`` anywhere under ``DIR/raw/`` and ``DIR/raw/00sequences.txt``.
@@ -41,18 +41,13 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Run as a script, only datasets/ is on sys.path; the repo root is needed to import `utils` and `datasets`.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import imageio_ffmpeg
 from tqdm import tqdm
 
+from datasets.kth import FRAME_FILE, IMAGE_SIZES, INDEX_FILE, processed_dir
 from datasets.kth_download import KTH_CLASSES, SEQUENCE_FILE
 from utils import DRNetError
 
-IMAGE_SIZES = (64, 128)
-INDEX_FILE = "index.json"
-FRAME_FILE = "{:05d}.png"
 FFMPEG_FRAME_PATTERN = "%05d.png"  # the same names, in ffmpeg's image2 syntax
 LAST_TRAIN_PERSON = 16
 VIDEO_NAME = re.compile(rf"person(\d\d)_({'|'.join(KTH_CLASSES)})_d(\d)")
@@ -62,11 +57,6 @@ FRAME_RANGE = re.compile(r"(\d+)\s*-\s*(\d+)")
 SPLIT_LINE = re.compile(r"(Training|Validation|Test)\s*:", re.IGNORECASE)
 # Decoding one small video is quick; this only stops a hung ffmpeg from blocking the run forever.
 FFMPEG_TIMEOUT_S = 600
-
-
-def processed_dir(data_root: str | Path, image_size: int) -> Path:
-    """The folder holding the frames and the index for one image size."""
-    return Path(data_root) / "processed" / str(image_size)
 
 
 def parse_sequence_file(text: str) -> tuple[dict[str, list[tuple[int, int]]], list[str]]:

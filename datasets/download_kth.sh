@@ -1,6 +1,7 @@
 #!/bin/sh
 # Download the KTH actions dataset into DIR: sh datasets/download_kth.sh DIR
-# A thin wrapper: the download logic (resume, zip checks, safe extraction) is in kth_download.py.
+# A thin wrapper: the download logic (resume, zip checks, safe extraction) is in kth_download.py, run as
+# `python -m datasets.kth_download` with the repository root on the module path, from any folder.
 # It runs the first of $PYTHON, python, python3, so an activated virtualenv is used when there is one.
 set -eu
 if [ "$#" -ne 1 ]; then
@@ -14,4 +15,4 @@ elif command -v python >/dev/null 2>&1; then
 else
     python_exe=python3
 fi
-exec "$python_exe" "$(dirname "$0")/kth_download.py" "$1"
+PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}" exec "$python_exe" -m datasets.kth_download "$1"

@@ -1,9 +1,9 @@
 """KTH actions as DRNET clips, read from the PNG frames and index written by convert_kth.py.
 
-Prepare the data once (SPEC §5)::
+Prepare the data once (the paper's KTH, 64 or 128 px)::
 
     sh datasets/download_kth.sh DIR
-    python datasets/convert_kth.py --data_root DIR --image_size S      # S = 64 or 128
+    python -m datasets.convert_kth --data_root DIR --image_size S      # S = 64 or 128
 
 Split by person (1-16 train, 17-25 test), as recorded in ``DIR/processed/<S>/index.json``. Segments
 there are 0-based half-open frame ranges ``[start, end)`` (see convert_kth.py for the file format).
@@ -32,13 +32,21 @@ from PIL import Image
 
 from datasets import ProbeBatch
 from datasets.cache import FrameCache
-from datasets.convert_kth import FRAME_FILE, IMAGE_SIZES, INDEX_FILE, processed_dir
 from datasets.kth_download import KTH_CLASSES
 from utils import DRNetError
 
+# The prepared data's format, which convert_kth.py writes: frames and index.json per image size.
+IMAGE_SIZES = (64, 128)
+INDEX_FILE = "index.json"
+FRAME_FILE = "{:05d}.png"
 SPLITS = ("train", "test")
 LABEL_COLUMNS = ("class", "person")
 DEFAULT_CACHE_FRAMES = 8192  # 128 MiB of 128x128 grey frames
+
+
+def processed_dir(data_root: str | Path, image_size: int) -> Path:
+    """The folder holding the frames and the index for one image size."""
+    return Path(data_root) / "processed" / str(image_size)
 
 
 def missing_data_error(data_root: str, image_size: int, problem: str) -> DRNetError:
@@ -46,7 +54,7 @@ def missing_data_error(data_root: str, image_size: int, problem: str) -> DRNetEr
     return DRNetError(
         f"KTH data for image size {image_size} is missing or incomplete under {data_root} ({problem}); "
         f"prepare it with `sh datasets/download_kth.sh {data_root}` and then "
-        f"`python datasets/convert_kth.py --data_root {data_root} --image_size {image_size}`"
+        f"`python -m datasets.convert_kth --data_root {data_root} --image_size {image_size}`"
     )
 
 

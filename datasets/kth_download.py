@@ -1,6 +1,6 @@
 """Download the KTH actions dataset: six class zips and the official sequence file.
 
-Usage: ``python datasets/kth_download.py DIR`` (or ``sh datasets/download_kth.sh DIR``).
+Usage: ``python -m datasets.kth_download DIR`` (or ``sh datasets/download_kth.sh DIR``).
 
 Layout written under DIR (nothing is ever written outside it)::
 
@@ -23,9 +23,6 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
-
-# Run as a script, only datasets/ is on sys.path; the repo root is needed to import `utils`.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tqdm import tqdm
 

@@ -1,6 +1,6 @@
 """smallNORB as DRNET clips: one toy at a fixed elevation and lighting, seen from its 18 azimuths in order.
 
-Files (SPEC §5), under `DATA_ROOT/norb/`, each plain or gzipped (`.gz`, as distributed at `NORB_URL`):
+Files, under `DATA_ROOT/norb/`, each plain or gzipped (`.gz`, as distributed at `NORB_URL`):
     smallnorb-5x46789x9x18x6x2x96x96-training-{dat,cat,info}.mat   -> split "train" (instances 4,6,7,8,9)
     smallnorb-5x01235x9x18x6x2x96x96-testing-{dat,cat,info}.mat    -> split "test"  (instances 0,1,2,3,5)
 Download them with `python -m datasets.norb --download DATA_ROOT` (from the repository root).

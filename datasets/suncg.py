@@ -2,7 +2,7 @@
 
 SUNCG is no longer distributed by its owners, so this loader reads an existing copy laid out as
     DATA_ROOT/suncg/single_object/chair/<object>/elevation_<e>/p200-64_<i>.png
-with views i = 1..36 going round the chair, 64x64 RGB (SPEC §5). The real set names its five elevation
+with views i = 1..36 going round the chair, 64x64 RGB. The real set names its five elevation
 folders per chair with signed decimals (elevation_-1.00, elevation_-0.25, elevation_0.50, elevation_1.25,
 elevation_2.00); integer names (elevation_2) are accepted too. Elevations are ordered by value, not by
 name. A chair that lacks some of the elevations found in the tree loads the ones it has (the log says how

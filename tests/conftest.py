@@ -20,9 +20,9 @@ def one_thread():
 @pytest.fixture(autouse=True)
 def few_periodic_swaps(monkeypatch):
     """In-process runs save every iteration: 16 content-transfer swaps per save instead of 200 keep them fast."""
-    import train
+    import train_drnet
 
-    monkeypatch.setattr(train, "SWAP_CLIPS", 16)
+    monkeypatch.setattr(train_drnet, "SWAP_CLIPS", 16)
 
 
 @pytest.fixture(autouse=True)

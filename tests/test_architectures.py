@@ -4,9 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datasets import DATASETS
+from datasets.registry import DATASETS
 from models import ENCODERS, DRNet, ResNet18Encoder, VGG16Decoder, VGG16Encoder
-from utils import DRNetError
 
 # (channels, resolution) of the skips every encoder returns, finest first (models.py docstring).
 SKIPS = {64: [(64, 32), (128, 16), (256, 8), (512, 4)],
@@ -112,5 +111,5 @@ def test_init_weights_reaches_the_new_networks():
 def test_unsupported_size_is_a_clear_error(size):
     for build in (lambda: VGG16Encoder(3, 8, size), lambda: ResNet18Encoder(3, 8, size),
                   lambda: VGG16Decoder(3, 8, 5, size, True)):
-        with pytest.raises(DRNetError, match=f"unsupported image size {size}"):
+        with pytest.raises(ValueError, match=f"unsupported image size {size}"):
             build()

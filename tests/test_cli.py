@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-import datasets
+from datasets import registry
 from main import build_parser, main
-from models import load_model
+from runs import load_model
 from utils import str2bool
 
 
@@ -135,7 +135,7 @@ def test_error_existing_run_without_resume(capsys, tiny_args):
 
 
 def test_error_dataset_not_available_yet(capsys, tiny_args, monkeypatch):
-    monkeypatch.setitem(datasets.DATASETS, "norb", {**datasets.DATASETS["norb"], "loader": None})
+    monkeypatch.setitem(registry.DATASETS, "norb", {**registry.DATASETS["norb"], "loader": None})
     one_line_error(capsys, tiny_args("--dataset", "norb"), "not available yet")
 
 
@@ -155,15 +155,15 @@ def test_evaluate_without_a_checkpoint_says_how_to_get_one(capsys, tmp_path):
 
 def test_help_lists_the_model_defaults_of_every_dataset(capsys, monkeypatch):
     # An added dataset shows up too: the table is generated from the registry.
-    monkeypatch.setitem(datasets.DATASETS, "toy", {**datasets.DATASETS["mnist"], "image_width": 128, "channels": 1,
+    monkeypatch.setitem(registry.DATASETS, "toy", {**registry.DATASETS["mnist"], "image_width": 128, "channels": 1,
                                                    "content_encoder": "vgg16", "pose_dim": 7, "use_skip": True})
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--help"])
     help_text = capsys.readouterr().out
     table = help_text[help_text.index("model defaults of each --dataset"):].splitlines()[2:]  # after the header
     rows = {line.split()[0]: line.split() for line in table}
-    assert list(rows) == list(datasets.DATASETS)
-    for name, entry in datasets.DATASETS.items():
+    assert list(rows) == list(registry.DATASETS)
+    for name, entry in registry.DATASETS.items():
         row = rows[name]
         assert row == [name, str(entry["image_width"]), str(entry["channels"]),
                        f"{entry['content_encoder']}/{entry['pose_encoder']}", entry["decoder"], str(entry["use_skip"]),

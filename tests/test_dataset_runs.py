@@ -4,7 +4,7 @@ Each dataset trains DRNET for two iterations with its own defaults (architecture
 then the pose LSTM on it, which `--evaluate` then scores; smallNORB also resumes (with the loader
 thread) to the weights of one uninterrupted run, SUNCG resumes its second iteration on a tree with the real
 set's elevation folder names. The fixed test clips behind the periodic pictures and
-metrics are made fewer here (module constants of train.py and lstm.py): that only saves time, the code
+metrics are made fewer here (module constants of train_drnet.py and train_lstm.py): that only saves time, the code
 paths are the same.
 """
 
@@ -19,8 +19,8 @@ from PIL import Image, ImageSequence
 from test_norb import write_split
 from test_suncg import ELEVATIONS, OBJECTS, VIEWS, write_tree
 
-import lstm
-import train
+import train_drnet
+import train_lstm
 from datasets.convert_kth import convert_kth
 from datasets.suncg import suncg_chair_dir, view_file_name
 from main import main
@@ -32,9 +32,9 @@ KTH_SIZE = 64
 def few_test_clips():
     """Few fixed test clips for the periodic pictures and metrics: the code paths stay the same."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train, "TEST_CLIPS", 8)
-        patch.setattr(lstm, "METRIC_CLIPS", 4)
-        patch.setattr(lstm, "PICTURE_CLIPS", 2)
+        patch.setattr(train_drnet, "TEST_CLIPS", 8)
+        patch.setattr(train_lstm, "METRIC_CLIPS", 4)
+        patch.setattr(train_lstm, "PICTURE_CLIPS", 2)
         yield
 
 
@@ -75,7 +75,7 @@ def check_lstm_run(lstm_dir: Path, frames: int) -> list[str]:
     assert (lstm_dir / "samples" / "rollout_0000002_every1.png").stat().st_size > 0
     with Image.open(lstm_dir / "samples" / "rollout_0000002.gif") as gif:
         # PIL merges identical consecutive frames into one longer frame, so count the time shown.
-        assert sum(frame.info["duration"] for frame in ImageSequence.Iterator(gif)) == frames * lstm.GIF_FRAME_MS
+        assert sum(frame.info["duration"] for frame in ImageSequence.Iterator(gif)) == frames * train_lstm.GIF_FRAME_MS
     return (lstm_dir / "test_metrics.csv").read_text().splitlines()[0].split(",")
 
 
@@ -121,7 +121,7 @@ def test_kth_missing_data_is_one_line_naming_both_commands(tmp_path, capsys):
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and err.rstrip().endswith(errors[0]) and "Traceback" not in err, err
     assert f"sh datasets/download_kth.sh {empty}" in errors[0]
-    assert f"python datasets/convert_kth.py --data_root {empty} --image_size 128" in errors[0]
+    assert f"python -m datasets.convert_kth --data_root {empty} --image_size 128" in errors[0]
     assert not (tmp_path / "run" / "config.json").exists()  # nothing was built or written first
 
 

@@ -20,7 +20,7 @@ from datasets.norb import NorbClips
 from datasets.suncg import SuncgClips
 from metrics import mse, per_step
 from models import Content, DRNet, discriminator_pairs
-from train import checkpoint_path
+from runs import checkpoint_path
 
 EVAL_FLAGS = ["--eval_clips", "6", "--eval_steps", "3", "--device", "cpu"]
 CPU = torch.device("cpu")

@@ -20,12 +20,12 @@ import torch
 
 import benchmark
 import evaluate
-import lstm
 import main
-import train
+import train_drnet
+import train_lstm
 from benchmark import PROTOCOLS, absolute_error_sum, benchmark_results, squared_error_sum
 from metrics import mse
-from models import load_model
+from runs import load_model
 from utils import DRNetError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,8 +72,8 @@ def grey_run(tmp_path_factory) -> Path:
     write_moving_mnist(data, 3)
     shared = ["--save_dir", str(run), "--data_root", str(data), "--device", "cpu", "--channels", "1"]
     with pytest.MonkeyPatch.context() as patch:
-        for module, name, value in ((train, "TEST_CLIPS", 8), (train, "SWAP_CLIPS", 8), (lstm, "METRIC_CLIPS", 4),
-                                    (lstm, "PICTURE_CLIPS", 2)):
+        for module, name, value in ((train_drnet, "TEST_CLIPS", 8), (train_drnet, "SWAP_CLIPS", 8),
+                                    (train_lstm, "METRIC_CLIPS", 4), (train_lstm, "PICTURE_CLIPS", 2)):
             patch.setattr(module, name, value)
         main.main([*shared, "--max_iter", "2", "--batch_size", "4", "--save_iters", "2"])
         main.main([*shared, "--use_lstm", "True", "--max_iter", "1", "--batch_size", "2", "--save_iters", "1",

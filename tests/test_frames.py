@@ -14,9 +14,10 @@ import torch
 from kth_fakes import write_fake_avi
 from PIL import Image
 
-import train
-from datasets import DATASETS, build_dataset, frames
+import train_drnet
+from datasets import frames
 from datasets.frames import FrameClips, numbered_frames
+from datasets.registry import DATASETS, build_dataset
 from main import main
 from utils import DRNetError
 
@@ -142,7 +143,7 @@ def test_unusable_root_is_one_clear_error(tmp_path, problem):
 
 
 def test_trains_through_main_with_the_frames_defaults(root, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "TEST_CLIPS", 8)  # fewer fixed test clips: the same code paths
+    monkeypatch.setattr(train_drnet, "TEST_CLIPS", 8)  # fewer fixed test clips: the same code paths
     run_dir = tmp_path / "run"
     main(["--dataset", "frames", "--data_root", str(root), "--save_dir", str(run_dir), "--device", "cpu",
           "--batch_size", "4", "--max_iter", "2", "--save_iters", "2", "--max_step", "5"])

@@ -28,18 +28,18 @@ from hypothesis import strategies as st
 
 import evaluate
 import main
-import train
+import runs
+import train_drnet
 from datasets import moving_mnist
 from datasets.prefetch import MAX_AHEAD, BatchStream
 from models import DRNet
+from runs import LossWatch, load_checkpoint
 from utils import (
     DRNetError,
-    LossWatch,
     MetricsLog,
     atomic_write,
     check_run_dir_free,
     hold_run_dir,
-    load_checkpoint,
     read_metrics,
 )
 
@@ -80,12 +80,12 @@ def trained(tmp_path_factory, data_root) -> Path:
     They are saved directly: the pictures and test metrics of a real save would take most of this file's time.
     """
     run_dir = tmp_path_factory.mktemp("trained") / "run"
-    config = main.resolve_config(main.build_parser().parse_args(flags(run_dir, data_root)))
+    config = main.resolve_run(main.build_parser().parse_args(flags(run_dir, data_root))).config
     torch.manual_seed(config["seed"])
     model = DRNet(config)
     run_dir.mkdir()
-    train.save_run_state(run_dir, model, train.make_optimizers(model, config), config, 1,
-                         torch.Generator().manual_seed(config["seed"]).get_state(), config["keep_checkpoints"])
+    train_drnet.save_run_state(run_dir, model, train_drnet.make_optimizers(model, config), config, 1,
+                               torch.Generator().manual_seed(config["seed"]).get_state(), config["keep_checkpoints"])
     return run_dir
 
 
@@ -185,7 +185,7 @@ def test_a_full_disk_during_the_periodic_copy_leaves_no_temporary_file(tmp_path,
     monkeypatch.setattr(shutil, "copyfileobj", disk_full)
     with pytest.raises(DRNetError, match=r"iter_0000003.pt: no space left \(0.0 MB needed, .* MB free in .*; "
                                          "nothing was written"):
-        train.write_checkpoints(tmp_path, state, 3, keep=5)
+        runs.write_checkpoints(tmp_path, state, 3, keep=5)
     assert torch.equal(load_checkpoint(tmp_path / "checkpoint.pt")["model"]["w"], torch.ones(3))
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == []
 
@@ -194,7 +194,7 @@ def test_a_full_disk_elsewhere_in_the_run_is_one_line_too(run_dir, data_root, ca
     def disk_full(path, *args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(train, "MetricsLog", disk_full)
+    monkeypatch.setattr(train_drnet, "MetricsLog", disk_full)
     fails_with_one_line(capsys, flags(run_dir, data_root, "--resume", "True"),
                         f"no space left on the device writing {run_dir / 'metrics.csv'}; free some space")
 
@@ -217,7 +217,7 @@ def test_writes_are_flushed_to_disk_before_the_rename(tmp_path, monkeypatch):
 
 def poison_weights_from(monkeypatch, call: int) -> None:
     """From the `call`-th training step on, the step leaves an infinite weight behind (its loss stays finite)."""
-    real_step, calls = train.train_step, []
+    real_step, calls = train_drnet.train_step, []
 
     def step(model, *args):
         values = real_step(model, *args)
@@ -227,7 +227,7 @@ def poison_weights_from(monkeypatch, call: int) -> None:
                 model.decoder.state_dict()[next(iter(model.decoder.state_dict()))].fill_(math.inf)
         return values
 
-    monkeypatch.setattr(train, "train_step", step)
+    monkeypatch.setattr(train_drnet, "train_step", step)
 
 
 def test_non_finite_weights_are_never_saved(run_dir, data_root, capsys, monkeypatch):
@@ -271,8 +271,8 @@ def fake_loop(tmp_path: Path, losses: list[float]) -> tuple[list[int], Collect]:
     metrics = MetricsLog(tmp_path / "metrics.csv", ["rec", "disc_acc"])
     logging.getLogger("drnet").addHandler(collect)
     try:
-        train.run_iterations(config, 0, "DRNET", batches, lambda batch: {"rec": next(values), "disc_acc": 0.0},
-                             metrics, lambda iteration, state: saved.append(iteration), "--resume True")
+        runs.run_iterations(config, 0, "DRNET", batches, lambda batch: {"rec": next(values), "disc_acc": 0.0},
+                            metrics, lambda iteration, state: saved.append(iteration), "--resume True")
     finally:
         logging.getLogger("drnet").removeHandler(collect)
     return saved, collect
@@ -422,7 +422,7 @@ def flag_value(flag: str) -> st.SearchStrategy[str]:
 
 
 def assert_valid(config: dict, lstm: bool) -> None:
-    """The ranges every configuration that resolve_config returns must respect, spelled out independently."""
+    """The ranges every configuration that resolve_run returns must respect, spelled out independently."""
     assert 0 < config["lr"] < math.inf and 0 <= config["beta1"] < 1
     assert 0 <= config["alpha"] < math.inf and 0 <= config["beta"] < math.inf
     counts = ("batch_size", "max_iter", "max_step", "save_iters", "content_dim", "pose_dim", "channels", "num_digits")
@@ -437,7 +437,7 @@ def drnet_checkpoint(tmp_path_factory) -> Path:
     """A stand-in DRNET checkpoint for the LSTM stage's configuration: the default Moving MNIST config."""
     folder = tmp_path_factory.mktemp("drnet_stand_in")
     parsed = main.build_parser().parse_args(["--save_dir", str(folder / "run"), "--data_root", str(folder / "data")])
-    torch.save({"kind": "drnet", "config": main.resolve_config(parsed), "model": {}}, folder / "checkpoint.pt")
+    torch.save({"kind": "drnet", "config": main.resolve_run(parsed).config, "model": {}}, folder / "checkpoint.pt")
     return folder / "checkpoint.pt"
 
 
@@ -459,7 +459,7 @@ def test_any_flag_values_give_a_valid_configuration_or_one_line(drnet_checkpoint
         assert stop.code == 2 and len(stderr.getvalue().strip().splitlines()) == 1, stderr.getvalue()
         return
     try:
-        config = main.resolve_config(args)
+        config = main.resolve_run(args).config
     except DRNetError as error:
         assert "\n" not in str(error)
     else:

@@ -125,7 +125,7 @@ def test_corrupt_video_is_reported_and_others_convert(
 
 def test_convert_rejects_other_image_sizes_as_a_script(data_root: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "datasets/convert_kth.py", "--data_root", str(data_root), "--image_size", "100"],
+        [sys.executable, "-m", "datasets.convert_kth", "--data_root", str(data_root), "--image_size", "100"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 1
@@ -235,12 +235,12 @@ def test_missing_data_error_names_both_commands(converted: Path, tmp_path: Path)
     message = str(missing.value)
     assert "\n" not in message
     assert f"sh datasets/download_kth.sh {tmp_path}" in message
-    assert f"python datasets/convert_kth.py --data_root {tmp_path} --image_size {SIZE}" in message
+    assert f"python -m datasets.convert_kth --data_root {tmp_path} --image_size {SIZE}" in message
 
     half_prepared = tmp_path / "half"
     shutil.copytree(converted / "processed", half_prepared / "processed")
     shutil.rmtree(half_prepared / "processed" / str(SIZE) / "person01_boxing_d1")
-    with pytest.raises(DRNetError, match="person01_boxing_d1 not found.*download_kth.sh.*convert_kth.py"):
+    with pytest.raises(DRNetError, match="person01_boxing_d1 not found.*download_kth.sh.*datasets.convert_kth"):
         KTHClips(str(half_prepared), "train", SIZE, 1, max_step=10)
 
 

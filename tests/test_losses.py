@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models import DRNet, discriminator_pairs
-from train import (
+from train_drnet import (
     adversarial_loss,
     drnet_loss,
     make_optimizers,

@@ -15,10 +15,13 @@ from PIL import Image, ImageFont
 
 import demo
 import main
-from datasets import DATASETS, moving_mnist
-from lstm import freeze_drnet, label_strip_width, lstm_step, save_rollout, teacher_forced_loss
-from models import DRNet, DRNetPredictor, PoseLSTM, load_model
-from utils import export_weights, read_metrics
+from datasets import moving_mnist
+from datasets.registry import DATASETS
+from models import DRNet
+from predictor import DRNetPredictor, PoseLSTM
+from runs import export_weights, load_model
+from train_lstm import freeze_drnet, label_strip_width, lstm_step, save_rollout, teacher_forced_loss
+from utils import read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -253,12 +256,12 @@ def test_predict_shapes_and_determinism(lstm_dir):
 
 
 def test_sequence_decoding_in_chunks_equals_one_frame_at_a_time(lstm_dir, monkeypatch):
-    import models
+    import predictor
 
     model = load_model(lstm_dir[0] / "checkpoint.pt")
     content = model.encode_content(torch.rand(2, 3, 64, 64))
     poses = torch.rand(2, 7, model.lstm.pose_dim) * 2 - 1
-    monkeypatch.setattr(models, "DECODE_CHUNK", 5)  # chunks that cut across clips
+    monkeypatch.setattr(predictor, "DECODE_CHUNK", 5)  # chunks that cut across clips
     with torch.no_grad():
         frames = model.decode_sequence(content, poses)
         one_by_one = torch.stack([model.decode(content, poses[:, t]) for t in range(7)], dim=1)
@@ -268,12 +271,12 @@ def test_sequence_decoding_in_chunks_equals_one_frame_at_a_time(lstm_dir, monkey
 
 def test_lstm_defaults_and_lr_flag(drnet_dir, shared, tmp_path):
     common = ["--use_lstm", "True", "--drnet_checkpoint", str(drnet_dir / "checkpoint.pt"), *shared]
-    config = main.resolve_config(main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "a")]))
+    config = main.resolve_run(main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "a")])).config
     assert {k: config[k] for k in main.LSTM_DEFAULTS} == {"lr": 0.0002, "beta1": 0.9, "n_past": 10, "n_future": 10,
                                                           "rnn_size": 256, "rnn_layers": 2, "rollout_len": 500}
     assert config["run_dir"] == str(tmp_path / "a" / "lstm")
-    config = main.resolve_config(main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "b"),
-                                                                 "--lr", "0.001"]))
+    config = main.resolve_run(main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "b"),
+                                                              "--lr", "0.001"])).config
     assert config["lr"] == 0.001
 
 

@@ -1,14 +1,13 @@
-"""LSTM stage (SPEC §1 item 3): train the pose LSTM on a trained, frozen DRNET, and show its rollouts.
+"""LSTM training, the second stage: the pose LSTM on a trained, frozen DRNET, and its rollouts.
 
 Run through `main.py --use_lstm True`; the run lives in `<DRNET run directory>/lstm/`. This module holds
-the teacher-forced loss, the training loop with its checkpoints and resume, the test MSE per prediction
-step next to the copy-last-frame baseline, and the rollout pictures (PNG strip, and the same labelled
-animation as a GIF and an MP4).
+the teacher-forced loss and step, the test MSE per prediction step next to the copy-last-frame baseline,
+and the rollout pictures (PNG strip, and the same labelled animation as a GIF and an MP4). The run
+directory, checkpoints, resume and the loop are runs.py's, as for the first stage (train_drnet.py).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -21,22 +20,20 @@ from torchvision.utils import make_grid
 
 from datasets import ClipDataset
 from datasets.prefetch import BatchStream
-from models import DRNetPredictor, PoseLSTM
-from train import checkpoint_path, restore_periodic, run_iterations, write_checkpoints
-from utils import (
-    DRNetError,
-    MetricsLog,
-    load_checkpoint,
-    load_optimizer,
-    plot_curves,
-    rng_state,
-    save_image_grid,
-    set_rng_state,
+from predictor import DRNetPredictor, PoseLSTM
+from runs import (
+    checkpoint_path,
+    lstm_checkpoint,
+    predictor_on,
+    prepare_run_dir,
+    resume,
+    run_iterations,
+    write_checkpoints,
 )
+from utils import DRNetError, MetricsLog, plot_curves, save_image_grid
 
 log = logging.getLogger("drnet")
 
-LSTM_SHAPE_KEYS = ("rnn_size", "rnn_layers")  # config keys that fix the LSTM's weight shapes
 REPORT_STEPS = (1, 10, 50, 100)  # prediction steps whose test MSE is logged (those within --rollout_len)
 METRIC_CLIPS = 32  # fixed test clips for the MSE per step; enough to compare with the baseline, cheap on a CPU
 PICTURE_CLIPS = 4  # fixed test clips shown in the strips and GIFs
@@ -208,37 +205,25 @@ def write_mp4(frames: list[Image.Image], path: Path) -> Path | None:
     return path
 
 
-def build_predictor(config: dict, device: torch.device) -> tuple[DRNetPredictor, dict, dict | None]:
-    """The predictor with its DRNET loaded, the DRNET's config, and the LSTM checkpoint when resuming."""
-    resuming = config["resume_from"] is not None
-    path = Path(config["resume_from"] if resuming else config["drnet_checkpoint"])
-    checkpoint = load_checkpoint(path, map_location=device)
-    drnet_config = checkpoint["drnet_config"] if resuming else checkpoint["config"]
-    model = DRNetPredictor(drnet_config, config).to(device)
-    model.load_weights(checkpoint["model"], checkpoint["lstm"] if resuming else model.lstm.state_dict())
-    return model, drnet_config, checkpoint if resuming else None
+def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, ClipDataset], checkpoint: dict
+               ) -> DRNetPredictor:
+    """Train the pose LSTM on the (train, test) clips as the config says, in `config['run_dir']`; return it.
 
-
-def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, ClipDataset]) -> DRNetPredictor:
-    """Train the pose LSTM on the (train, test) clips as the config says, in `config['run_dir']`; return it."""
-    run_dir = Path(config["run_dir"])
+    `checkpoint` is loaded and checked by main.py: the LSTM checkpoint of `config['resume_from']` when
+    resuming, else the DRNET checkpoint of `config['drnet_checkpoint']` to freeze.
+    """
     n_past, n_future, rollout_len = config["n_past"], config["n_future"], config["rollout_len"]
     generator = torch.Generator().manual_seed(config["seed"])
     torch.manual_seed(config["seed"])
-    model, drnet_config, resumed = build_predictor(config, device)
+    model = predictor_on(checkpoint, config).to(device)
     freeze_drnet(model)
     optimizer = torch.optim.Adam(model.lstm.parameters(), lr=config["lr"], betas=(config["beta1"], 0.999))
     start = 0
-    if resumed is not None:
-        load_optimizer(optimizer, resumed["optimizers"]["lstm"], config)
-        set_rng_state(resumed["rng"], generator)
-        start = resumed["iteration"]
-        log.info("resumed from %s at iteration %d", config["resume_from"], start)
-        restore_periodic(run_dir, Path(config["resume_from"]), start)
+    if config["resume_from"] is not None:
+        start = resume(checkpoint, {"lstm": optimizer}, config, generator)
     else:
         log.info("frozen DRNET from %s", config["drnet_checkpoint"])
-    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    run_dir = prepare_run_dir(config)
 
     train_set, test_set = data
     # Fixed test clips from their own generator, so that pictures never shift the training stream.
@@ -257,10 +242,8 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
               "test frame mse by prediction step": [(run_dir / "test_metrics.csv", c) for c in metric_columns(steps)]}
 
     def save_everything(iteration: int, data_state: torch.Tensor) -> None:
-        state = {"kind": "lstm", "config": config, "drnet_config": drnet_config, "iteration": iteration,
-                 "model": model.drnet_state_dict(), "lstm": model.lstm.state_dict(),
-                 "optimizers": {"lstm": optimizer.state_dict()}, "rng": rng_state(data_state)}
-        write_checkpoints(run_dir, state, iteration, config["keep_checkpoints"])
+        write_checkpoints(run_dir, lstm_checkpoint(model, optimizer, config, iteration, data_state), iteration,
+                          config["keep_checkpoints"])
         values = step_mse(model, metric_clips, n_past, steps)
         test_metrics.append(iteration, values)
         strip, animation, video = save_rollout(model, picture_clips, n_past, rollout_len, run_dir / "samples",

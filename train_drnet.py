@@ -1,43 +1,26 @@
-"""DRNET training (SPEC §1-§2): a scene-discriminator step, then the main step, per iteration.
+"""DRNET training, the first stage: a scene-discriminator step, then the main step, per iteration.
 
 Run through `main.py`; this module holds the losses, the two steps, the periodic pictures and test
-metrics, and the checkpoint/resume logic of a run directory.
+metrics. The run directory, checkpoints, resume and the loop are runs.py's; the second stage, the pose
+LSTM, is train_lstm.py.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from datasets import ClipDataset
 from datasets.moving_mnist import MovingMNIST
 from datasets.prefetch import BatchStream
 from metrics import mse
-from models import Content, DRNet, architecture_keys, architecture_value, discriminator_pairs
+from models import Content, DRNet, discriminator_pairs
+from runs import checkpoint_path, drnet_checkpoint, prepare_run_dir, resume, run_iterations, write_checkpoints
 from transfer import SwapSet, content_transfer, digit_channels, expand, invariance_ratio, swap_set
-from utils import (
-    DRNetError,
-    LossWatch,
-    MetricsLog,
-    StopOnInterrupt,
-    copy_checkpoint,
-    load_checkpoint,
-    load_optimizer,
-    non_finite_tensors,
-    plot_curves,
-    rng_state,
-    save_checkpoint,
-    save_image_grid,
-    set_rng_state,
-)
+from utils import MetricsLog, plot_curves, save_image_grid
 
 log = logging.getLogger("drnet")
 
@@ -84,7 +67,8 @@ def train_step(model: DRNet, optimizers: dict, frames: torch.Tensor, alpha: floa
     with torch.no_grad():  # both are only ever used as fixed targets or detached inputs
         h_c2 = model.encode_content(x_c2).h
         h_p2 = model.encode_pose(x_p2)
-    # The discriminator learns first on this batch's pose vectors, then the main step faces it (SPEC §2).
+    # The discriminator learns first on this batch's pose vectors, then the main step faces it, as in the
+    # authors' drnet-py train_drnet.py.
     disc_loss, disc_acc = discriminator_step(model, optimizers["discriminator"], h_p1, h_p2, generator)
 
     rec = F.mse_loss(model.decode(content, h_p1), x_p1)
@@ -154,131 +138,28 @@ def save_analogy_grid(model: DRNet, clips: torch.Tensor, path: Path) -> None:
     save_image_grid(torch.cat(grid), path, columns=len(pose_clip) + 1)
 
 
-def checkpoint_path(run_dir: Path, iteration: int | None = None) -> Path:
-    """The latest checkpoint of a run directory, or the periodic one of `iteration`."""
-    if iteration is None:
-        return run_dir / "checkpoint.pt"
-    return run_dir / "checkpoints" / f"iter_{iteration:07d}.pt"
-
-
-def check_architecture(checkpoint: dict, config: dict, path: Path, keys: tuple[str, ...] | None = None) -> None:
-    """Refuse a checkpoint from another dataset, or whose networks differ in `keys` (default: all of them)."""
-    keys = architecture_keys() if keys is None else keys
-    stored = checkpoint["config"]
-    mismatched = [f"{k}={architecture_value(stored, k)!r} (asked: {architecture_value(config, k)!r})" for k in keys
-                  if architecture_value(stored, k) != architecture_value(config, k)]
-    if checkpoint["config"].get("dataset") != config["dataset"]:
-        mismatched.insert(0, f"dataset={checkpoint['config'].get('dataset')!r} (asked: {config['dataset']!r})")
-    if mismatched:
-        raise DRNetError(f"{path} holds a different architecture: {', '.join(mismatched)}")
-
-
 def save_run_state(run_dir: Path, model: DRNet, optimizers: dict, config: dict, iteration: int,
                    data_state: torch.Tensor, keep: int) -> None:
     """Write the DRNET checkpoint of `iteration`, whose next batch `data_state` draws (see `write_checkpoints`)."""
-    state = {"kind": "drnet", "config": config, "iteration": iteration, "model": model.state_dict(),
-             "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
-             "rng": rng_state(data_state)}
-    write_checkpoints(run_dir, state, iteration, keep)
+    write_checkpoints(run_dir, drnet_checkpoint(model, optimizers, config, iteration, data_state), iteration, keep)
 
 
-def write_checkpoints(run_dir: Path, state: dict, iteration: int, keep: int) -> None:
-    """Write the latest checkpoint atomically, keep a periodic copy, drop the oldest beyond `keep`.
+def train_drnet(config: dict, device: torch.device, data: tuple[ClipDataset, ClipDataset],
+                resumed: dict | None = None) -> DRNet:
+    """Train DRNET as the resolved config says on the (train, test) clips, in `config['run_dir']`; return it.
 
-    A state holding NaN or infinity (a diverged run) is refused with a DRNetError, so the last good
-    checkpoint stays the latest one.
+    `resumed` is the loaded checkpoint of `config['resume_from']` (main.py has read and checked it).
     """
-    bad = non_finite_tensors(state)
-    if bad:
-        more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
-        raise DRNetError(f"the weights or optimizer state became non-finite ({bad[0]}{more}) and were not saved; "
-                         f"{kept_checkpoint(run_dir)}; try a lower --lr")
-    save_checkpoint(state, checkpoint_path(run_dir))
-    periodic = copy_to_periodic(run_dir, iteration)
-    if keep > 0:
-        for old in sorted(periodic.parent.glob("iter_*.pt"))[:-keep]:
-            old.unlink()
-
-
-def kept_checkpoint(run_dir: Path) -> str:
-    """What a run stopped by an error leaves as its latest checkpoint, for the error's message."""
-    latest = checkpoint_path(run_dir)
-    return f"the last good checkpoint {latest} is kept" if latest.exists() else "no checkpoint was written"
-
-
-def copy_to_periodic(run_dir: Path, iteration: int) -> Path:
-    """Copy the latest checkpoint to the periodic one of `iteration`, as atomically as it was written."""
-    periodic = checkpoint_path(run_dir, iteration)
-    copy_checkpoint(checkpoint_path(run_dir), periodic)
-    return periodic
-
-
-def restore_periodic(run_dir: Path, resumed_from: Path, iteration: int) -> None:
-    """Resuming from the latest checkpoint, write its periodic copy again if a run was killed while copying it."""
-    if resumed_from == checkpoint_path(run_dir) and not checkpoint_path(run_dir, iteration).exists():
-        log.info("restored the missing periodic copy %s", copy_to_periodic(run_dir, iteration))
-
-
-def run_iterations(config: dict, start: int, stage: str, batches: BatchStream,
-                   step: Callable[[torch.Tensor], dict[str, float]], metrics: MetricsLog,
-                   save: Callable[[int, torch.Tensor], None], resume_flags: str) -> None:
-    """The loop both stages share: progress bar with ETA, a metrics row per iteration, periodic saves, and
-    a clean stop on Ctrl-C that saves the last whole iteration. `save` gets the data state after a batch.
-
-    Non-finite losses, and a save that fails (non-finite weights, a full disk), stop the run with a
-    one-line DRNetError before a checkpoint of that iteration is written; exploding losses are logged.
-    """
-    progress = tqdm(range(start + 1, config["max_iter"] + 1), initial=start, total=config["max_iter"],
-                    desc=stage, dynamic_ncols=True, disable=config.get("quiet", False))
-    began, done, watch = time.perf_counter(), 0, LossWatch()
-    with StopOnInterrupt() as interrupt, progress, batches:
-        for iteration in progress:
-            batch, data_state = next(batches)
-            values = step(batch)
-            if not all(math.isfinite(v) for v in values.values()):
-                raise DRNetError(f"{stage} stopped at iteration {iteration}: the loss is not finite ("
-                                 f"{', '.join(f'{name} {value:.4g}' for name, value in values.items())}); "
-                                 f"{kept_checkpoint(Path(config['run_dir']))}; try a lower --lr")
-            for warning in watch.check(iteration, values):
-                log.warning(warning)
-            metrics.append(iteration, values)
-            done += 1
-            progress.set_postfix({name: f"{value:.4g}" for name, value in values.items()}, refresh=False)
-            if iteration % config["save_iters"] == 0 or iteration == config["max_iter"] or interrupt.requested:
-                try:
-                    save(iteration, data_state)
-                except DRNetError as error:  # the error says what was kept; add where the run stopped
-                    raise DRNetError(f"{stage} stopped at iteration {iteration}: {error}") from error
-            if interrupt.requested:
-                log.info("stopped at iteration %d; continue with %s", iteration, resume_flags)
-                break
-    if done > 0:
-        elapsed = time.perf_counter() - began
-        log.info("trained %s %d iterations in %.1f s (%.2f s/iteration)", stage, done, elapsed, elapsed / done)
-
-
-def train_drnet(config: dict, device: torch.device, data: tuple[ClipDataset, ClipDataset]) -> DRNet:
-    """Train DRNET as the resolved config says on the (train, test) clips, in `config['run_dir']`; return it."""
-    run_dir = Path(config["run_dir"])
     train_set, test_set = data
     generator = torch.Generator().manual_seed(config["seed"])
     torch.manual_seed(config["seed"])
     model = DRNet(config).to(device)
     optimizers = make_optimizers(model, config)
     start = 0
-    if config["resume_from"] is not None:
-        path = Path(config["resume_from"])
-        checkpoint = load_checkpoint(path, map_location=device)
-        check_architecture(checkpoint, config, path)
-        model.load_state_dict(checkpoint["model"])
-        for name, optimizer in optimizers.items():
-            load_optimizer(optimizer, checkpoint["optimizers"][name], config)
-        set_rng_state(checkpoint["rng"], generator)
-        start = checkpoint["iteration"]
-        log.info("resumed from %s at iteration %d", path, start)
-        restore_periodic(run_dir, path, start)
-    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        start = resume(resumed, optimizers, config, generator)
+    run_dir = prepare_run_dir(config)
 
     # Fixed test clips, drawn from their own generator so that pictures never shift the training stream.
     test_generator = torch.Generator().manual_seed(config["seed"] + 1)

@@ -1,0 +1,57 @@
+"""Dataset registry: each dataset's loader (a callable), its architectures and default hyper-parameters.
+
+A loader is called as `loader(data_root, split, image_width, channels, max_step)` (Moving MNIST also takes
+`num_digits`) and returns a `ClipDataset` (datasets/__init__.py), which says what a split offers. The
+package itself imports no loader, so that `python -m datasets.<name>` runs a loader's own command line.
+"""
+
+from __future__ import annotations
+
+from datasets import ClipDataset
+from datasets.frames import FrameClips
+from datasets.kth import KTHClips
+from datasets.moving_mnist import moving_mnist
+from datasets.norb import NorbClips
+from datasets.suncg import SuncgClips
+from utils import DRNetError
+
+# Shared by every dataset: alpha 1 and beta 0.0001 suit mean-reduced losses (README, Faithfulness notes).
+COMMON = {"alpha": 1.0, "beta": 0.0001, "content_dim": 128}
+
+DATASETS = {
+    "mnist": {"loader": moving_mnist, "image_width": 64, "channels": 3,
+              "content_encoder": "dcgan", "pose_encoder": "dcgan", "decoder": "dcgan", "use_skip": False,
+              "pose_dim": 5, **COMMON},
+    "kth": {"loader": KTHClips, "image_width": 128, "channels": 1,
+            "content_encoder": "vgg16", "pose_encoder": "resnet18", "decoder": "vgg16", "use_skip": True,
+            "pose_dim": 24, **COMMON},
+    "suncg": {"loader": SuncgClips, "image_width": 64, "channels": 3,
+              "content_encoder": "resnet18", "pose_encoder": "resnet18", "decoder": "dcgan", "use_skip": False,
+              "pose_dim": 10, **COMMON},
+    "norb": {"loader": NorbClips, "image_width": 64, "channels": 1,
+             "content_encoder": "resnet18", "pose_encoder": "resnet18", "decoder": "dcgan", "use_skip": False,
+             "pose_dim": 10, **COMMON},
+    # Your own videos (datasets/frames.py). The Moving MNIST networks at 64 px: the DCGAN encoders and decoder
+    # are the smallest here, so a short CPU run on unknown footage stays practical, and skips stay off as there.
+    # RGB, since most footage is in colour. pose_dim 10 as for the other real scenes (SUNCG, smallNORB): more
+    # than Moving MNIST's 5 (two digits' positions), less than KTH's 24 (a person's articulated pose).
+    "frames": {"loader": FrameClips, "image_width": 64, "channels": 3,
+               "content_encoder": "dcgan", "pose_encoder": "dcgan", "decoder": "dcgan", "use_skip": False,
+               "pose_dim": 10, **COMMON},
+}
+
+
+def build_dataset(config: dict, split: str) -> ClipDataset:
+    """Clips of `split` ("train" or "test") for the dataset and sizes named in a resolved config."""
+    name = config["dataset"]
+    build = DATASETS[name]["loader"]
+    if build is None:
+        raise DRNetError(f"dataset '{name}' is not available yet; available: {', '.join(available())}")
+    extra = {"num_digits": config["num_digits"]} if name == "mnist" else {}
+    return build(config["data_root"], split, config["image_width"], config["channels"], config["max_step"],
+                 **extra)
+
+
+def available() -> list[str]:
+    """Names of the datasets that can be trained now."""
+    return [name for name, entry in DATASETS.items() if entry["loader"] is not None]

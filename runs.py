@@ -1,0 +1,355 @@
+"""A run of either stage (train_drnet.py, train_lstm.py): its directory, the checkpoint format, resume and
+random states, Ctrl-C handling, and the iteration loop both stages share (its CSV logs and curves: utils.py).
+
+A run directory holds config.json, train.log, metrics.csv, test_metrics.csv, loss_curves.png, samples/,
+checkpoint.pt (the latest) and checkpoints/iter_N.pt (periodic copies); the LSTM stage's run is the
+`lstm/` folder of its DRNET's run directory. A checkpoint is a dict of plain values and tensors:
+- kind "drnet" (checkpoints older than `kind` are DRNET ones): config, iteration, model (the `DRNet`
+  state dict), optimizers {"main", "discriminator"}, rng (`rng_state`);
+- kind "lstm": config (the LSTM stage's), drnet_config, iteration, model (the DRNET's weights), lstm
+  (the pose LSTM's), optimizers {"lstm"}, rng.
+Every path reads a checkpoint once and passes the loaded dict on; `load_model(path)` rebuilds the model of
+any checkpoint file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import pickle
+import re
+import signal
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from datasets.prefetch import BatchStream
+from models import HEAD_DEFAULTS, Architecture, DRNet
+from predictor import DRNetPredictor
+from utils import DRNetError, MetricsLog, copy_checkpoint, save_checkpoint
+
+log = logging.getLogger("drnet")
+
+ARCHITECTURE_KEYS = tuple(f.name for f in fields(Architecture))  # config keys that fix the DRNET networks
+LSTM_SHAPE_KEYS = ("rnn_size", "rnn_layers")  # config keys that fix the pose LSTM's weight shapes
+
+
+# ---- The run directory ----
+
+def run_dir_of(save_dir: str | None, dataset: str, use_skip: bool, lstm: bool = False) -> Path:
+    """--save_dir, else runs/<dataset> (with a _skip suffix when skip connections are on); its lstm/ for the LSTM."""
+    drnet_dir = Path(save_dir or Path("runs") / (dataset + ("_skip" if use_skip else "")))
+    return drnet_dir / "lstm" if lstm else drnet_dir
+
+
+def checkpoint_path(run_dir: Path, iteration: int | None = None) -> Path:
+    """The latest checkpoint of a run directory, or the periodic one of `iteration`."""
+    if iteration is None:
+        return run_dir / "checkpoint.pt"
+    return run_dir / "checkpoints" / f"iter_{iteration:07d}.pt"
+
+
+def prepare_run_dir(config: dict) -> Path:
+    """The run directory of a resolved config, with its samples/ folder and the config written as config.json."""
+    run_dir = Path(config["run_dir"])
+    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return run_dir
+
+
+# ---- Random states and the checkpoint format ----
+
+def rng_state(data_state: torch.Tensor) -> dict:
+    """Every random state a run depends on: the data generator's before the next batch, torch's CPU and CUDA."""
+    state = {"data": data_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, generator: torch.Generator) -> None:
+    """Restore what `rng_state` saved."""
+    generator.set_state(state["data"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def drnet_checkpoint(model: DRNet, optimizers: dict[str, torch.optim.Optimizer], config: dict, iteration: int,
+                     data_state: torch.Tensor) -> dict:
+    """The DRNET checkpoint of `iteration`, whose next batch `data_state` draws."""
+    return {"kind": "drnet", "config": config, "iteration": iteration, "model": model.state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+            "rng": rng_state(data_state)}
+
+
+def lstm_checkpoint(model: DRNetPredictor, optimizer: torch.optim.Optimizer, config: dict, iteration: int,
+                    data_state: torch.Tensor) -> dict:
+    """The LSTM-stage checkpoint of `iteration`: self-contained, it holds the frozen DRNET and its config too."""
+    return {"kind": "lstm", "config": config, "drnet_config": model.config, "iteration": iteration,
+            "model": model.drnet_state_dict(), "lstm": model.lstm.state_dict(),
+            "optimizers": {"lstm": optimizer.state_dict()}, "rng": rng_state(data_state)}
+
+
+def non_finite_tensors(state: object, name: str = "") -> list[str]:
+    """Names (dotted paths) of the floating-point tensors in a nested state that hold NaN or infinity."""
+    if isinstance(state, torch.Tensor):
+        return [name] if state.is_floating_point() and not torch.isfinite(state).all() else []
+    if isinstance(state, dict):
+        items = state.items()
+    elif isinstance(state, list | tuple):
+        items = enumerate(state)
+    else:
+        return []
+    return [bad for key, value in items for bad in non_finite_tensors(value, f"{name}.{key}" if name else str(key))]
+
+
+def write_checkpoints(run_dir: Path, state: dict, iteration: int, keep: int) -> None:
+    """Write the latest checkpoint atomically, keep a periodic copy, drop the oldest beyond `keep`.
+
+    A state holding NaN or infinity (a diverged run) is refused with a DRNetError, so the last good
+    checkpoint stays the latest one.
+    """
+    bad = non_finite_tensors(state)
+    if bad:
+        more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
+        raise DRNetError(f"the weights or optimizer state became non-finite ({bad[0]}{more}) and were not saved; "
+                         f"{kept_checkpoint(run_dir)}; try a lower --lr")
+    save_checkpoint(state, checkpoint_path(run_dir))
+    periodic = copy_to_periodic(run_dir, iteration)
+    if keep > 0:
+        for old in sorted(periodic.parent.glob("iter_*.pt"))[:-keep]:
+            old.unlink()
+
+
+def kept_checkpoint(run_dir: Path) -> str:
+    """What a run stopped by an error leaves as its latest checkpoint, for the error's message."""
+    latest = checkpoint_path(run_dir)
+    return f"the last good checkpoint {latest} is kept" if latest.exists() else "no checkpoint was written"
+
+
+def copy_to_periodic(run_dir: Path, iteration: int) -> Path:
+    """Copy the latest checkpoint to the periodic one of `iteration`, as atomically as it was written."""
+    periodic = checkpoint_path(run_dir, iteration)
+    copy_checkpoint(checkpoint_path(run_dir), periodic)
+    return periodic
+
+
+def restore_periodic(run_dir: Path, resumed_from: Path, iteration: int) -> None:
+    """Resuming from the latest checkpoint, write its periodic copy again if a run was killed while copying it."""
+    if resumed_from == checkpoint_path(run_dir) and not checkpoint_path(run_dir, iteration).exists():
+        log.info("restored the missing periodic copy %s", copy_to_periodic(run_dir, iteration))
+
+
+def export_weights(checkpoint: dict, path: str | Path) -> None:
+    """Save a checkpoint's weights in half precision, without optimizer or random states, for shipping.
+
+    `load_model` reads the result like any checkpoint (loading casts the weights back to float32).
+    """
+    def half(state: dict) -> dict:
+        return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+    kept = {k: v for k, v in checkpoint.items() if k not in ("optimizers", "rng")}
+    kept["model"] = half(checkpoint["model"])
+    if "lstm" in checkpoint:
+        kept["lstm"] = half(checkpoint["lstm"])
+    save_checkpoint(kept, path)
+
+
+
+# ---- Reading checkpoints ----
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint of plain tensors and values (`weights_only=True`), or raise a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise DRNetError(f"no checkpoint at {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        # PyTorch's message advises loading with weights_only=False, which runs whatever code the file holds:
+        # a file of this project never needs that, so name the object and refuse.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        what = f" ({found.group(1)})" if found else ""
+        raise DRNetError(f"{path} is not a plain checkpoint of this project: it holds a Python object{what} that "
+                         "loading would have to run as code; it was not loaded") from error
+    except Exception as error:  # truncated, corrupt, or not a checkpoint at all
+        raise DRNetError(f"cannot read checkpoint {path}: {type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else 'unreadable'}") from error
+    if not isinstance(checkpoint, dict) or "config" not in checkpoint or "model" not in checkpoint:
+        raise DRNetError(f"{path} is not a DRNET checkpoint of this project")
+    return checkpoint
+
+
+def checkpoint_to_resume(run_dir: Path, start_iter: int | None, what: str, start_command: str) -> tuple[Path, dict]:
+    """The checkpoint `--resume` (or `--start_iter`) asks for in `run_dir`, loaded; or an error saying how to start."""
+    path = checkpoint_path(run_dir, start_iter or None)
+    if not path.is_file():
+        raise DRNetError(f"nothing to resume: no {what} {path}; start a run with `{start_command}` "
+                         "(or pass its --save_dir)")
+    return path, load_checkpoint(path)
+
+
+def architecture_values(config: dict) -> dict:
+    """`config` with the code-head options filled in where a checkpoint older than the options lacks them."""
+    return {**HEAD_DEFAULTS, **config}
+
+
+def check_architecture(checkpoint: dict, config: dict, path: Path, keys: tuple[str, ...] = ARCHITECTURE_KEYS
+                       ) -> None:
+    """Refuse a checkpoint from another dataset, or whose networks differ in `keys` (default: all of them)."""
+    stored, asked = architecture_values(checkpoint["config"]), architecture_values(config)
+    mismatched = [f"{k}={stored.get(k)!r} (asked: {asked.get(k)!r})" for k in keys if stored.get(k) != asked.get(k)]
+    if checkpoint["config"].get("dataset") != config["dataset"]:
+        mismatched.insert(0, f"dataset={checkpoint['config'].get('dataset')!r} (asked: {config['dataset']!r})")
+    if mismatched:
+        raise DRNetError(f"{path} holds a different architecture: {', '.join(mismatched)}")
+
+
+def resume(checkpoint: dict, optimizers: dict[str, torch.optim.Optimizer], config: dict,
+           generator: torch.Generator) -> int:
+    """Restore the optimizers and random states of `config['resume_from']`, loaded; return its iteration.
+
+    A run killed while copying the latest checkpoint to its periodic one gets that copy again.
+    """
+    for name, optimizer in optimizers.items():
+        load_optimizer(optimizer, checkpoint["optimizers"][name], config)
+    set_rng_state(checkpoint["rng"], generator)
+    start = checkpoint["iteration"]
+    log.info("resumed from %s at iteration %d", config["resume_from"], start)
+    restore_periodic(Path(config["run_dir"]), Path(config["resume_from"]), start)
+    return start
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, state: dict, config: dict) -> None:
+    """Restore an optimizer's state, then apply the config's lr and beta1 (flags given when resuming win)."""
+    optimizer.load_state_dict(state)  # this also restores the stored lr and betas
+    for group in optimizer.param_groups:
+        group["lr"], group["betas"] = config["lr"], (config["beta1"], group["betas"][1])
+
+
+def model_from_checkpoint(checkpoint: dict) -> DRNet:
+    """The model of a loaded checkpoint: a `DRNet`, or for an LSTM-stage checkpoint a `DRNetPredictor`."""
+    if checkpoint.get("kind") == "lstm":
+        return predictor_on(checkpoint, checkpoint["config"])
+    model = DRNet(checkpoint["config"])
+    model.load_state_dict(checkpoint["model"])
+    return model
+
+
+def predictor_on(checkpoint: dict, lstm_config: dict) -> DRNetPredictor:
+    """The DRNET of a loaded checkpoint with a pose LSTM shaped as `lstm_config` says.
+
+    The LSTM is the stored one of an LSTM-stage checkpoint, a freshly initialised one on a DRNET checkpoint.
+    """
+    lstm_stage = checkpoint.get("kind") == "lstm"
+    model = DRNetPredictor(checkpoint["drnet_config"] if lstm_stage else checkpoint["config"], lstm_config)
+    model.load_weights(checkpoint["model"], checkpoint["lstm"] if lstm_stage else model.lstm.state_dict())
+    return model
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> DRNet:
+    """Rebuild the trained model from a checkpoint file alone; returned on `device`, in eval mode.
+
+    A DRNET checkpoint gives a `DRNet`; an LSTM-stage checkpoint gives a `DRNetPredictor` (with `predict`).
+    """
+    return model_from_checkpoint(load_checkpoint(path, map_location=device)).to(device).eval()
+
+
+# ---- The iteration loop both stages share ----
+
+class LossWatch:
+    """Spots losses that jump far above their running median: the usual first sign of a diverging run."""
+
+    def __init__(self, factor: float = 1000.0, window: int = 100):
+        self.factor, self.window = factor, window
+        self.history: dict[str, deque[float]] = {}
+        self.quiet_until: dict[str, int] = {}
+
+    def check(self, iteration: int, values: dict[str, float]) -> list[str]:
+        """Record one iteration's metrics; a warning per loss above `factor` times its running median.
+
+        The median is over the last `window` iterations, from the second iteration on: a too-high learning
+        rate can blow a loss up within one step. Accuracies (names ending in `_acc`) are not losses and are
+        left out. A loss that warned stays quiet for a window, so a diverged run warns once, not every time.
+        """
+        warnings = []
+        for name, value in values.items():
+            if name.endswith("_acc"):
+                continue
+            history = self.history.setdefault(name, deque(maxlen=self.window))
+            median = statistics.median(history) if history else math.nan
+            if median > 0 and value > self.factor * median and iteration >= self.quiet_until.get(name, 0):
+                warnings.append(f"warning: iteration {iteration}: {name} {value:.4g} is {value / median:.3g} times "
+                                f"its running median {median:.4g}; the run may be diverging (a lower --lr helps)")
+                self.quiet_until[name] = iteration + self.window
+            history.append(value)
+        return warnings
+
+
+class StopOnInterrupt:
+    """Within this context the first Ctrl-C asks the training loop to stop cleanly after the current
+    iteration (so the checkpoint holds a whole iteration); a second Ctrl-C aborts at once."""
+
+    def __enter__(self) -> StopOnInterrupt:
+        self.requested = False
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            self.previous = None
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logging.getLogger("drnet").info("stopping after this iteration (Ctrl-C again to abort)")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def run_iterations(config: dict, start: int, stage: str, batches: BatchStream,
+                   step: Callable[[torch.Tensor], dict[str, float]], metrics: MetricsLog,
+                   save: Callable[[int, torch.Tensor], None], resume_flags: str) -> None:
+    """The loop both stages share: progress bar with ETA, a metrics row per iteration, periodic saves, and
+    a clean stop on Ctrl-C that saves the last whole iteration. `save` gets the data state after a batch.
+
+    Non-finite losses, and a save that fails (non-finite weights, a full disk), stop the run with a
+    one-line DRNetError before a checkpoint of that iteration is written; exploding losses are logged.
+    """
+    progress = tqdm(range(start + 1, config["max_iter"] + 1), initial=start, total=config["max_iter"],
+                    desc=stage, dynamic_ncols=True, disable=config.get("quiet", False))
+    began, done, watch = time.perf_counter(), 0, LossWatch()
+    with StopOnInterrupt() as interrupt, progress, batches:
+        for iteration in progress:
+            batch, data_state = next(batches)
+            values = step(batch)
+            if not all(math.isfinite(v) for v in values.values()):
+                raise DRNetError(f"{stage} stopped at iteration {iteration}: the loss is not finite ("
+                                 f"{', '.join(f'{name} {value:.4g}' for name, value in values.items())}); "
+                                 f"{kept_checkpoint(Path(config['run_dir']))}; try a lower --lr")
+            for warning in watch.check(iteration, values):
+                log.warning(warning)
+            metrics.append(iteration, values)
+            done += 1
+            progress.set_postfix({name: f"{value:.4g}" for name, value in values.items()}, refresh=False)
+            if iteration % config["save_iters"] == 0 or iteration == config["max_iter"] or interrupt.requested:
+                try:
+                    save(iteration, data_state)
+                except DRNetError as error:  # the error says what was kept; add where the run stopped
+                    raise DRNetError(f"{stage} stopped at iteration {iteration}: {error}") from error
+            if interrupt.requested:
+                log.info("stopped at iteration %d; continue with %s", iteration, resume_flags)
+                break
+    if done > 0:
+        elapsed = time.perf_counter() - began
+        log.info("trained %s %d iterations in %.1f s (%.2f s/iteration)", stage, done, elapsed, elapsed / done)
