@@ -23,6 +23,7 @@ import torch
 from datasets.prefetch import MAX_AHEAD
 from datasets.registry import DATASETS, available, build_dataset
 from models import HEAD_DEFAULTS, SUPPORTED_SIZES
+from precision import AMP_MODES, Precision, autocast, resolve_precision
 from runs import (
     ARCHITECTURE_KEYS,
     LSTM_SHAPE_KEYS,
@@ -47,7 +48,7 @@ DEFAULT_DATASET = "mnist"
 # Shared defaults [py, seed]; per-dataset ones (sizes, architectures, dims, alpha, beta) live in DATASETS.
 DEFAULTS = {"lr": 0.002, "beta1": 0.5, "batch_size": 100, "max_iter": 50000, "max_step": 20,
             "save_iters": 500, "seed": 1, "data_root": "data", "num_digits": 2, "keep_checkpoints": 5,
-            "data_threads": 0, "device": "auto", "gpu": 0, **HEAD_DEFAULTS}
+            "data_threads": 0, "device": "auto", "gpu": 0, "amp": "off", **HEAD_DEFAULTS}
 # Flags that choose what to do or where, never stored as part of the model's configuration.
 RUN_FLAGS = ("resume", "start_iter", "save_dir", "use_lstm", "evaluate", "checkpoint", "eval_clips", "eval_steps")
 
@@ -137,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--start_iter", type=int, help="continue from the periodic checkpoint of this iteration")
     run.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="where to train (auto)")
     run.add_argument("--gpu", type=int, help="CUDA device number (0)")
+    run.add_argument("--amp", choices=AMP_MODES, help="bf16 autocast for training and evaluation: auto takes it on "
+                                                      "CPUs with AMX or AVX-512 bf16 that pass a start-up check, "
+                                                      f"bf16 anywhere it runs ({DEFAULTS['amp']})")
     run.add_argument("--data_threads", type=int, help=f"training batches prepared ahead on a background loader "
                                                       f"thread, at most {MAX_AHEAD} (each waits in memory); 0 draws "
                                                       "each in the training loop. The batches are the same either "
@@ -198,7 +202,7 @@ def resolve_run(args: argparse.Namespace) -> Resolved:
         what, start_command = ("LSTM checkpoint", f"{train} --use_lstm True") if lstm else ("checkpoint", train)
         resume_from, checkpoint = checkpoint_to_resume(run_dir, args.start_iter, what, start_command)
         check_kind(checkpoint, resume_from, lstm, run_dir)
-        config = {**checkpoint["config"], **given}
+        config = {**DEFAULTS, **checkpoint["config"], **given}  # flags added since the checkpoint: defaults
         if lstm and args.drnet_checkpoint and (Path(args.drnet_checkpoint).resolve()
                                                != Path(config["drnet_checkpoint"]).resolve()):
             raise DRNetError(f"{resume_from} continues the LSTM of {config['drnet_checkpoint']}; drop "
@@ -296,6 +300,14 @@ def pick_device(name: str, gpu: int, gpu_given: bool) -> torch.device:
     return device
 
 
+def pick_precision(mode: str, device: torch.device) -> Precision:
+    """bf16 autocast or fp32 for `--amp mode` on `device` (resolve_precision); a DRNetError where bf16 fails."""
+    try:
+        return resolve_precision(mode, device)
+    except ValueError as error:
+        raise DRNetError(str(error)) from None
+
+
 def run_evaluation(args: argparse.Namespace) -> None:
     """`--evaluate`: metrics of a checkpoint, with its stored config changed only by data and size flags.
 
@@ -315,7 +327,10 @@ def run_evaluation(args: argparse.Namespace) -> None:
                              "dataset, so drop --dataset or name another --checkpoint")
     device = pick_device(args.device or DEFAULTS["device"], DEFAULTS["gpu"] if args.gpu is None else args.gpu,
                          args.gpu is not None)
-    evaluate(path, overrides, device, checkpoint)
+    precision = pick_precision(args.amp or DEFAULTS["amp"], device)
+    logging.getLogger("drnet").info("precision %s: %s", precision.name, precision.reason)
+    with autocast(precision, device):
+        evaluate(path, overrides, device, checkpoint)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -331,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
             return
         config, checkpoint = resolve_run(args)
         device = pick_device(config["device"], config["gpu"], args.gpu is not None)
+        precision = pick_precision(config["amp"], device)
         data = build_dataset(config, "train"), build_dataset(config, "test")
         run_dir = Path(config["run_dir"])
         with hold_run_dir(run_dir):
@@ -338,14 +354,15 @@ def main(argv: list[str] | None = None) -> None:
             for stale in remove_stale_temporaries(run_dir):
                 log.info("removed %s, left half-written by a run that was stopped while writing it", stale)
             log.info("run directory %s on %s; config: %s", run_dir, device, json.dumps(config))
+            log.info("precision %s: %s", precision.name, precision.reason)
             if args.use_lstm:
                 from train_lstm import train_lstm
 
-                train_lstm(config, device, data, checkpoint)
+                train_lstm(config, device, data, checkpoint, precision)
             else:
                 from train_drnet import train_drnet
 
-                train_drnet(config, device, data, checkpoint)
+                train_drnet(config, device, data, checkpoint, precision)
     except DRNetError as error:
         log.error("error: %s", error)
         sys.exit(2)

@@ -34,10 +34,15 @@ def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
         raise ValueError(f"expected floating-point images in [0, 1], got {pred.dtype} and {target.dtype}")
 
 
+def _fp32(images: torch.Tensor) -> torch.Tensor:
+    """The images in at least fp32: bf16 frames (--amp) are measured in fp32, float64 ones stay float64."""
+    return images if images.dtype == torch.float64 else images.float()
+
+
 def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error per image (mean over C, H, W), shaped like the leading dims."""
     _check_pair(pred, target)
-    return (pred - target).pow(2).mean(dim=(-3, -2, -1))
+    return (_fp32(pred) - _fp32(target)).pow(2).mean(dim=(-3, -2, -1))
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0, eps: float = 0.0) -> torch.Tensor:
@@ -63,6 +68,12 @@ def _gaussian_window(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Mean structural similarity per image (Wang et al. 2004), shaped like the leading dims."""
     _check_pair(pred, target)
+    with torch.autocast(pred.device.type, enabled=False):  # under --amp the filters would otherwise run in bf16
+        return _ssim(_fp32(pred), _fp32(target), data_range)
+
+
+def _ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float) -> torch.Tensor:
+    """SSIM of two checked image stacks in at least fp32."""
     *lead, channels, height, width = pred.shape
     if height < SSIM_WINDOW or width < SSIM_WINDOW:
         raise ValueError(

@@ -18,6 +18,7 @@ from datasets.moving_mnist import MovingMNIST
 from datasets.prefetch import BatchStream
 from metrics import mse
 from models import Content, DRNet, discriminator_pairs
+from precision import FP32, Precision, autocast
 from runs import checkpoint_path, drnet_checkpoint, prepare_run_dir, resume, run_iterations, write_checkpoints
 from transfer import SwapSet, content_transfer, digit_channels, expand, invariance_ratio, swap_set
 from utils import MetricsLog, plot_curves, save_image_grid
@@ -145,10 +146,11 @@ def save_run_state(run_dir: Path, model: DRNet, optimizers: dict, config: dict, 
 
 
 def train_drnet(config: dict, device: torch.device, data: tuple[ClipDataset, ClipDataset],
-                resumed: dict | None = None) -> DRNet:
+                resumed: dict | None = None, precision: Precision = FP32) -> DRNet:
     """Train DRNET as the resolved config says on the (train, test) clips, in `config['run_dir']`; return it.
 
-    `resumed` is the loaded checkpoint of `config['resume_from']` (main.py has read and checked it).
+    `resumed` is the loaded checkpoint of `config['resume_from']` (main.py has read and checked it). The
+    training steps run under `precision` (bf16 autocast or fp32); test metrics and pictures stay fp32.
     """
     train_set, test_set = data
     generator = torch.Generator().manual_seed(config["seed"])
@@ -197,8 +199,9 @@ def train_drnet(config: dict, device: torch.device, data: tuple[ClipDataset, Cli
                           config["data_threads"])
 
     def step(frames: torch.Tensor) -> dict[str, float]:
-        return train_step(model, optimizers, frames.to(device, non_blocking=True), config["alpha"], config["beta"],
-                          torch.default_generator)
+        with autocast(precision, device):
+            return train_step(model, optimizers, frames.to(device, non_blocking=True), config["alpha"],
+                              config["beta"], torch.default_generator)
 
     run_iterations(config, start, "DRNET", batches, step, metrics, save_everything, "--resume True")
     return model

@@ -20,6 +20,7 @@ from torchvision.utils import make_grid
 
 from datasets import ClipDataset
 from datasets.prefetch import BatchStream
+from precision import FP32, Precision, autocast
 from predictor import DRNetPredictor, PoseLSTM
 from runs import (
     checkpoint_path,
@@ -205,12 +206,13 @@ def write_mp4(frames: list[Image.Image], path: Path) -> Path | None:
     return path
 
 
-def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, ClipDataset], checkpoint: dict
-               ) -> DRNetPredictor:
+def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, ClipDataset], checkpoint: dict,
+               precision: Precision = FP32) -> DRNetPredictor:
     """Train the pose LSTM on the (train, test) clips as the config says, in `config['run_dir']`; return it.
 
     `checkpoint` is loaded and checked by main.py: the LSTM checkpoint of `config['resume_from']` when
-    resuming, else the DRNET checkpoint of `config['drnet_checkpoint']` to freeze.
+    resuming, else the DRNET checkpoint of `config['drnet_checkpoint']` to freeze. The training steps run under
+    `precision` (bf16 autocast or fp32); test metrics and roll-outs stay fp32.
     """
     n_past, n_future, rollout_len = config["n_past"], config["n_future"], config["rollout_len"]
     generator = torch.Generator().manual_seed(config["seed"])
@@ -260,7 +262,8 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
                           generator, config["data_threads"])
 
     def step(clips: torch.Tensor) -> dict[str, float]:
-        return {"mse": lstm_step(model, optimizer, clips.to(device, non_blocking=True), n_past)}
+        with autocast(precision, device):
+            return {"mse": lstm_step(model, optimizer, clips.to(device, non_blocking=True), n_past)}
 
     run_iterations(config, start, "LSTM", batches, step, metrics, save_everything, "--resume True --use_lstm True")
     return model

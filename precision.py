@@ -1,0 +1,125 @@
+"""Mixed precision: whether a run computes in bf16 under autocast, and why.
+
+On CPUs with AMX tiles (Intel Sapphire Rapids and later) or AVX-512 bf16, bf16 autocast runs DRNET's
+convolutions about twice as fast as fp32. Elsewhere PyTorch emulates bf16 arithmetic, which is slower than
+fp32, so `--amp auto` takes bf16 only where the CPU reports one of those features and a start-up check
+(one small convolution, forward and backward) agrees with fp32. On GPUs bf16 changes the numerics a user
+asked for, so it is opt-in there (`--amp bf16`).
+
+What stays fp32 under autocast: the parameters and Adam's moments (autocast never casts them), the losses
+(`mse_loss` and `binary_cross_entropy_with_logits` run in fp32 under autocast) and the similarity target.
+"""
+
+from __future__ import annotations
+
+import platform
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+
+AMP_MODES = ("auto", "off", "bf16")
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo names of the CPU features that make bf16 fast
+CHECK_TOLERANCE = 0.05  # largest relative error of the start-up check's output and gradient against fp32
+
+
+class Precision(NamedTuple):
+    """The resolved precision: `dtype` is torch.bfloat16 for bf16 autocast, None for plain fp32."""
+
+    dtype: torch.dtype | None
+    reason: str
+
+    @property
+    def name(self) -> str:
+        """'bf16' or 'fp32', for logs and tables."""
+        return "fp32" if self.dtype is None else "bf16"
+
+
+FP32 = Precision(None, "fp32")
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The feature flags of the first CPU listed in `cpuinfo`; empty where the file does not exist (macOS)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # x86 and ARM spell it differently
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name, for benchmark tables (speed claims name the machine they come from)."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def bf16_check(device: torch.device) -> str | None:
+    """Run one convolution forward and backward in fp32 and under bf16 autocast; None if they agree, else why not."""
+    generator = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(3, 8, 4, 2, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.1)
+    conv = conv.to(device)
+    x = torch.rand(2, 3, 16, 16, generator=generator).to(device)
+    results = []
+    for dtype in (None, torch.bfloat16):
+        conv.zero_grad()
+        try:
+            with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                out = conv(x)
+            out.float().square().mean().backward()
+        except RuntimeError as error:  # a device whose autocast has no bf16 kernels
+            return f"bf16 autocast failed on {device.type}: {str(error).splitlines()[0]}"
+        if dtype is not None and out.dtype != torch.bfloat16:
+            return f"autocast on {device.type} did not run the convolution in bf16"
+        results.append((out.float(), conv.weight.grad.clone()))
+    for name, reference, value in zip(("output", "gradient"), results[0], results[1], strict=True):
+        if not torch.isfinite(value).all():
+            return f"the bf16 {name} of the start-up check is not finite"
+        error = ((value - reference).abs().max() / reference.abs().max().clamp_min(1e-12)).item()
+        if error > CHECK_TOLERANCE:
+            return f"the bf16 {name} of the start-up check is {error:.1%} off fp32 (tolerance {CHECK_TOLERANCE:.0%})"
+    return None
+
+
+def resolve_precision(mode: str, device: torch.device, flags: frozenset[str] | None = None) -> Precision:
+    """Decide fp32 or bf16 for `--amp mode` on `device`; raise ValueError where bf16 was asked for and fails."""
+    if mode not in AMP_MODES:
+        raise ValueError(f"--amp must be one of {', '.join(AMP_MODES)}, not {mode!r}")
+    if mode == "off":
+        return Precision(None, "--amp off")
+    if device.type == "cpu":
+        found = sorted(set(NATIVE_BF16_FLAGS) & (cpu_flags() if flags is None else flags))
+        if not found and mode == "auto":
+            return Precision(None, f"--amp auto: this CPU has neither {' nor '.join(NATIVE_BF16_FLAGS)}, so bf16 "
+                                   "would be emulated and slower than fp32")
+        why = (f"the CPU has {', '.join(found)}" if found
+               else "this CPU has no native bf16: it is emulated, probably slower than fp32")
+    elif mode == "auto":
+        return Precision(None, f"--amp auto uses bf16 on CPUs with native bf16 only; on {device.type} it is opt-in "
+                               "(--amp bf16)")
+    else:
+        why = f"asked for on {device.type}"
+    failure = bf16_check(device)
+    if failure is not None:
+        if mode == "bf16":
+            raise ValueError(f"--amp bf16 cannot be used on {device.type}: {failure}")
+        return Precision(None, f"--amp auto: {failure}")
+    return Precision(torch.bfloat16, f"--amp {mode}: {why}; the start-up check agrees with fp32")
+
+
+def autocast(precision: Precision, device: torch.device) -> AbstractContextManager:
+    """The autocast context of `precision` on `device` (a no-op context for fp32)."""
+    return torch.autocast(device.type, dtype=precision.dtype or torch.bfloat16, enabled=precision.dtype is not None)
