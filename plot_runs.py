@@ -4,6 +4,8 @@
 
 Reads each run's `test_metrics.csv`; a second panel puts the same lines against training clips seen
 (iterations x batch size from the run's config.json), so runs at different batch sizes compare fairly.
+With `--cpu_s_per_clip S` (measured with bench.py on the machine that trained the runs) that panel shows
+CPU hours instead: clips seen x S / 3600.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from pathlib import Path
 from utils import read_metrics
 
 
-def plot_runs(run_dirs: list[Path], metric: str, out: Path) -> None:
-    """Save a PNG of `metric` from each run's test_metrics.csv against iterations and against clips seen."""
+def plot_runs(run_dirs: list[Path], metric: str, out: Path, cpu_s_per_clip: float | None = None) -> None:
+    """Save a PNG of `metric` from each run's test_metrics.csv against iterations and clips seen (or CPU hours)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,8 +34,10 @@ def plot_runs(run_dirs: list[Path], metric: str, out: Path) -> None:
         iterations = [r["iteration"] for r in rows]
         values = [r[metric] for r in rows]
         by_iteration.plot(iterations, values, marker="o", label=run_dir.name)
-        by_clips.plot([i * batch for i in iterations], values, marker="o", label=run_dir.name)
-    for ax, label in ((by_iteration, "iteration"), (by_clips, "training clips seen")):
+        scale = batch * cpu_s_per_clip / 3600 if cpu_s_per_clip else batch
+        by_clips.plot([i * scale for i in iterations], values, marker="o", label=run_dir.name)
+    second = f"CPU hours ({cpu_s_per_clip} CPU-s per clip)" if cpu_s_per_clip else "training clips seen"
+    for ax, label in ((by_iteration, "iteration"), (by_clips, second)):
         ax.set_xlabel(label)
         ax.set_ylabel(metric)
         ax.axhline(0.0, color="grey", linewidth=0.5)
@@ -49,8 +53,10 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="run directories holding test_metrics.csv")
     parser.add_argument("--metric", default="test_content_transfer", help="a column of test_metrics.csv")
     parser.add_argument("--out", type=Path, default=Path("runs.png"), help="the PNG to write")
+    parser.add_argument("--cpu_s_per_clip", type=float, help="CPU seconds per training clip: the second panel in "
+                                                                "CPU hours instead of clips")
     args = parser.parse_args()
-    plot_runs(args.runs, args.metric, args.out)
+    plot_runs(args.runs, args.metric, args.out, args.cpu_s_per_clip)
     print(f"wrote {args.out}")
 
 
