@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import torch
 
+from board import tensorboard_missing
 from datasets.prefetch import MAX_AHEAD
 from datasets.registry import DATASETS, available, build_dataset
 from models import HEAD_DEFAULTS, SUPPORTED_SIZES
@@ -48,7 +49,7 @@ DEFAULT_DATASET = "mnist"
 # Shared defaults [py, seed]; per-dataset ones (sizes, architectures, dims, alpha, beta) live in DATASETS.
 DEFAULTS = {"lr": 0.002, "beta1": 0.5, "batch_size": 100, "max_iter": 50000, "max_step": 20,
             "save_iters": 500, "seed": 1, "data_root": "data", "num_digits": 2, "keep_checkpoints": 5,
-            "data_threads": 0, "device": "auto", "gpu": 0, "amp": "off", **HEAD_DEFAULTS}
+            "data_threads": 0, "device": "auto", "gpu": 0, "amp": "off", "tensorboard": False, **HEAD_DEFAULTS}
 # Flags that choose what to do or where, never stored as part of the model's configuration.
 RUN_FLAGS = ("resume", "start_iter", "save_dir", "use_lstm", "evaluate", "checkpoint", "eval_clips", "eval_steps")
 
@@ -141,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--amp", choices=AMP_MODES, help="bf16 autocast for training and evaluation: auto takes it on "
                                                       "CPUs with AMX or AVX-512 bf16 that pass a start-up check, "
                                                       f"bf16 anywhere it runs ({DEFAULTS['amp']})")
+    run.add_argument("--tensorboard", **boolean, help="also write the metrics, pictures and roll-outs as TensorBoard "
+                                                      "event files in <run directory>/tensorboard (needs the "
+                                                      "tensorboard package)")
     run.add_argument("--data_threads", type=int, help=f"training batches prepared ahead on a background loader "
                                                       f"thread, at most {MAX_AHEAD} (each waits in memory); 0 draws "
                                                       "each in the training loop. The batches are the same either "
@@ -347,6 +351,8 @@ def main(argv: list[str] | None = None) -> None:
         config, checkpoint = resolve_run(args)
         device = pick_device(config["device"], config["gpu"], args.gpu is not None)
         precision = pick_precision(config["amp"], device)
+        if config["tensorboard"] and tensorboard_missing():
+            raise DRNetError(tensorboard_missing())
         data = build_dataset(config, "train"), build_dataset(config, "test")
         run_dir = Path(config["run_dir"])
         with hold_run_dir(run_dir):

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from board import Board
 from datasets import ClipDataset
 from datasets.moving_mnist import MovingMNIST
 from datasets.prefetch import BatchStream
@@ -171,8 +172,10 @@ def train_drnet(config: dict, device: torch.device, data: tuple[ClipDataset, Cli
     swaps = swap_set(test_set, SWAP_CLIPS, test_generator) if mnist else None
     channels = digit_channels(test_set) if mnist else slice(None)
 
-    metrics = MetricsLog(run_dir / "metrics.csv", METRICS, resume_from=start if start else None)
-    test_metrics = MetricsLog(run_dir / "test_metrics.csv", TEST_METRICS, resume_from=start if start else None)
+    board = Board(run_dir) if config.get("tensorboard") else None
+    metrics = MetricsLog(run_dir / "metrics.csv", METRICS, resume_from=start if start else None, board=board)
+    test_metrics = MetricsLog(run_dir / "test_metrics.csv", TEST_METRICS, resume_from=start if start else None,
+                              board=board)
     test_csv = run_dir / "test_metrics.csv"
     curves = {"content transfer, content ratio": [(test_csv, "test_content_transfer"),
                                                   (test_csv, "test_content_ratio")],
@@ -187,6 +190,8 @@ def train_drnet(config: dict, device: torch.device, data: tuple[ClipDataset, Cli
                                         channels)
         test_metrics.append(iteration, test_values)
         plot_curves(curves, run_dir / "loss_curves.png")
+        if board is not None:
+            board.pictures(iteration, sorted((run_dir / "samples").glob(f"*_{iteration:07d}.*")))
         transfer = (f"content transfer {test_values['test_content_transfer']:.3f}, " if mnist else "")
         log.info("iteration %d: %stest reconstruction mse %.5f, content ratio %.3f, spread %.4f; checkpoint %s",
                  iteration, transfer, test_values["test_rec_mse"], test_values["test_content_ratio"],
@@ -204,4 +209,6 @@ def train_drnet(config: dict, device: torch.device, data: tuple[ClipDataset, Cli
                               config["beta"], torch.default_generator)
 
     run_iterations(config, start, "DRNET", batches, step, metrics, save_everything, "--resume True")
+    if board is not None:
+        board.close()
     return model

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
+from board import Board
 from datasets import ClipDataset
 from datasets.prefetch import BatchStream
 from precision import FP32, Precision, autocast
@@ -238,8 +239,10 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
                                     test_generator).to(device)
 
     resume_from = start if start else None
-    metrics = MetricsLog(run_dir / "metrics.csv", ["mse"], resume_from=resume_from)
-    test_metrics = MetricsLog(run_dir / "test_metrics.csv", metric_columns(steps), resume_from=resume_from)
+    board = Board(run_dir) if config.get("tensorboard") else None
+    metrics = MetricsLog(run_dir / "metrics.csv", ["mse"], resume_from=resume_from, board=board)
+    test_metrics = MetricsLog(run_dir / "test_metrics.csv", metric_columns(steps), resume_from=resume_from,
+                              board=board)
     curves = {"pose LSTM mse (teacher forced)": [(run_dir / "metrics.csv", "mse")],
               "test frame mse by prediction step": [(run_dir / "test_metrics.csv", c) for c in metric_columns(steps)]}
 
@@ -251,6 +254,8 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
         strip, animation, video = save_rollout(model, picture_clips, n_past, rollout_len, run_dir / "samples",
                                         f"rollout_{iteration:07d}")
         plot_curves(curves, run_dir / "loss_curves.png")
+        if board is not None:
+            board.pictures(iteration, sorted((run_dir / "samples").glob(f"*_{iteration:07d}.*")))
         report = ", ".join(f"step {s} {values[f'mse_step{s}']:.5f} (copy-last {values[f'copy_last_step{s}']:.5f})"
                            for s in steps)
         animations = animation.name + (f" and {video.name}" if video else "")
@@ -266,4 +271,6 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
             return {"mse": lstm_step(model, optimizer, clips.to(device, non_blocking=True), n_past)}
 
     run_iterations(config, start, "LSTM", batches, step, metrics, save_everything, "--resume True --use_lstm True")
+    if board is not None:
+        board.close()
     return model

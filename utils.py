@@ -17,10 +17,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import torch
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from board import Board
 
 try:
     import fcntl
@@ -233,10 +236,13 @@ def setup_logging(run_dir: Path | None = None, filename: str = "train.log") -> l
 
 
 class MetricsLog:
-    """Append-only CSV of per-iteration metrics; on resume, rows after the resumed iteration are dropped."""
+    """Append-only CSV of per-iteration metrics; on resume, rows after the resumed iteration are dropped.
 
-    def __init__(self, path: Path, columns: list[str], resume_from: int | None = None):
-        self.path, self.columns = Path(path), ["iteration", *columns]
+    With a `board` (--tensorboard) every row is mirrored there as scalars.
+    """
+
+    def __init__(self, path: Path, columns: list[str], resume_from: int | None = None, board: Board | None = None):
+        self.path, self.columns, self.board = Path(path), ["iteration", *columns], board
         rows = read_metrics(self.path) if resume_from is not None and self.path.exists() else []
         kept = [row for row in rows if row["iteration"] <= resume_from] if rows else []
         with open(self.path, "w", newline="") as f:
@@ -249,6 +255,8 @@ class MetricsLog:
         with open(self.path, "a", newline="") as f:
             row = [iteration] + [_format(values.get(c, math.nan)) for c in self.columns[1:]]
             csv.writer(f).writerow(row)
+        if self.board is not None:  # --tensorboard: the same row, tagged by the CSV's name
+            self.board.scalars(self.path.stem, iteration, values)
 
 
 def _format(value: float) -> str:
