@@ -3,6 +3,7 @@
     python bench.py                     # batch 100, 64 px Moving MNIST, on the default device
     python bench.py --iters 20 --device cuda
     python bench.py --variants ours "ours, bf16"
+    python bench.py --dataset kth --device cuda   # KTH's networks at 128 px on random frames
 
 Speed claims hold for one machine only, so every figure comes from this one run, and the table names the CPU
 and its bf16 features. "reference" does per iteration what the authors' drnet-py train_drnet.py does (written
@@ -27,14 +28,16 @@ import torch.nn.functional as F
 
 from models import DRNet
 
-VARIANTS = {  # name: (the authors' step, bf16 autocast, channels_last, skips)
-    "reference": (True, False, False, False),
-    "ours": (False, False, False, False),
-    "ours, channels_last": (False, False, True, False),
-    "ours, bf16": (False, True, False, False),
-    "ours, bf16 + channels_last": (False, True, True, False),
-    "ours + skips": (False, False, False, True),
+VARIANTS = {  # name: (the authors' step, bf16 autocast, channels_last, skips, cudnn.benchmark)
+    "reference": (True, False, False, False, False),
+    "ours": (False, False, False, False, False),
+    "ours, channels_last": (False, False, True, False, False),
+    "ours, bf16": (False, True, False, False, False),
+    "ours, bf16 + channels_last": (False, True, True, False, False),
+    "ours + skips": (False, False, False, True, False),
+    "ours, cudnn.benchmark": (False, False, False, False, True),
 }
+GPU_ONLY = ("ours, cudnn.benchmark",)  # left out of the default list on a CPU, where they change nothing
 ROLLOUT_CLIPS, ROLLOUT_FRAMES = 4, 200
 
 
@@ -64,27 +67,40 @@ def reference_step(model: DRNet, optimizers: dict, frames: torch.Tensor, alpha: 
     optimizers["main"].step()
 
 
-def measure(variant: str, batch_size: int, iters: int, warmup: int, device_name: str) -> dict:
-    """Time `iters` training iterations (after `warmup`) of one variant of the mnist defaults."""
+def measure(variant: str, batch_size: int, iters: int, warmup: int, device_name: str, dataset: str = "mnist"
+            ) -> dict:
+    """Time `iters` training iterations (after `warmup`) of one variant of a dataset's default networks.
+
+    Moving MNIST batches are rendered as in training (on the GPU there); KTH-shaped batches are random frames
+    of its size, since only their shape matters for the time.
+    """
     from datasets.moving_mnist import moving_mnist
     from datasets.registry import DATASETS
     from train_drnet import make_optimizers, train_step
     from utils import resolve_device
 
-    authors, bf16, channels_last, skips = VARIANTS[variant]
+    authors, bf16, channels_last, skips, cudnn_benchmark = VARIANTS[variant]
     device = resolve_device(device_name)
-    config = {**DATASETS["mnist"], "use_skip": skips, "lr": 0.002, "beta1": 0.5}
+    torch.backends.cudnn.benchmark = cudnn_benchmark  # cuDNN times its algorithms per shape, picks the fastest
+    config = {**DATASETS[dataset], "lr": 0.002, "beta1": 0.5}
+    config["use_skip"] = config["use_skip"] or skips
+    size, channels = config["image_width"], config["channels"]
     torch.manual_seed(0)
     model = DRNet(config).to(device).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizers = make_optimizers(model, config)
-    data = moving_mnist("data", "train", 64, 3, 20, download=False)
     generator = torch.Generator().manual_seed(0)
+    if dataset == "mnist":
+        data = moving_mnist("data", "train", size, channels, 20, download=False).render_on(device)
+        draw = data.drnet_batch
+    else:
+        def draw(batch: int, generator: torch.Generator) -> torch.Tensor:
+            return torch.rand(4, batch, channels, size, size, generator=generator)
     data_times, step_times = [], []
     for i in range(warmup + iters):
         began = time.perf_counter()
-        frames = data.drnet_batch(batch_size, generator).to(device)
+        frames = draw(batch_size, generator).to(device)
         if channels_last:
             frames = torch.stack([f.contiguous(memory_format=torch.channels_last) for f in frames])
         loaded = time.perf_counter()
@@ -99,7 +115,7 @@ def measure(variant: str, batch_size: int, iters: int, warmup: int, device_name:
             data_times.append(loaded - began)
             step_times.append(time.perf_counter() - loaded)
     total = [d + s for d, s in zip(data_times, step_times, strict=True)]
-    return {"variant": variant, "device": str(device), "threads": torch.get_num_threads(),
+    return {"variant": variant, "device": str(device), "threads": torch.get_num_threads(), "size": size,
             "s_per_iter": statistics.median(total), "data_s": statistics.median(data_times),
             "peak_mib": peak_memory_mib(device)}
 
@@ -151,34 +167,42 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--dataset", choices=["mnist", "kth"], default="mnist", help="whose default networks "
+                                                                                      "and frame size")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="variants to run (default: all that "
                                                                               "apply on this machine)")
     parser.add_argument("--one", choices=[*VARIANTS, "rollout"], help=argparse.SUPPRESS)  # used by the subprocesses
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure_rollout(args.device) if args.one == "rollout"
-                         else measure(args.one, args.batch_size, args.iters, args.warmup, args.device)))
+                         else measure(args.one, args.batch_size, args.iters, args.warmup, args.device,
+                                      args.dataset)))
         return
     device = resolve_device(args.device)
     bf16 = resolve_precision("auto", device)
     native = sorted(set(NATIVE_BF16_FLAGS) & cpu_flags()) or ["no native bf16"]
     print(f"CPU: {cpu_model()} ({', '.join(native)}); torch {torch.__version__}; {torch.get_num_threads()} threads\n")
-    print("| variant | device (threads) | s / iteration | x reference | of which data | peak memory (MiB) |\n"
-          "|---|---|---|---|---|---|")
+    if device.type == "cuda":
+        print(f"GPU: {torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}\n")
+    print("| variant | device (threads) | s / iteration | clips / s | x reference | of which data "
+          "| peak memory (MiB) |\n|---|---|---|---|---|---|---|")
     reference = None
     for variant in args.variants or list(VARIANTS):
+        if not args.variants and variant in GPU_ONLY and device.type != "cuda":
+            continue
         if VARIANTS[variant][1] and not args.variants and bf16.dtype is None:
             print(f"| {variant} | skipped: {bf16.reason} | | | | |")
             continue
         row = in_subprocess("--one", variant, "--batch_size", str(args.batch_size), "--iters", str(args.iters),
-                            "--warmup", str(args.warmup), "--device", args.device)
+                            "--warmup", str(args.warmup), "--device", args.device, "--dataset", args.dataset)
         reference = row["s_per_iter"] if variant == "reference" else reference
         ratio = f"{row['s_per_iter'] / reference:.2f}" if reference else "-"
         memory = "GPU " if row["device"].startswith("cuda") else "RSS "
-        print(f"| {variant}, batch {args.batch_size}, 64 px | {row['device']} ({row['threads']}) | "
-              f"{row['s_per_iter']:.3f} | {ratio} | {row['data_s']:.3f} | {memory}{row['peak_mib']:.0f} |")
+        print(f"| {variant}, {args.dataset}, batch {args.batch_size}, {row['size']} px | {row['device']} "
+              f"({row['threads']}) | {row['s_per_iter']:.3f} | {args.batch_size / row['s_per_iter']:.0f} | {ratio} | "
+              f"{row['data_s']:.3f} | {memory}{row['peak_mib']:.0f} |")
     rollout = in_subprocess("--one", "rollout", "--device", args.device)
-    print(f"\n| roll-out of {ROLLOUT_CLIPS} clips x {ROLLOUT_FRAMES} frames | seconds |\n|---|---|")
+    print(f"\n| roll-out of {ROLLOUT_CLIPS} clips x {ROLLOUT_FRAMES} frames (mnist networks) | seconds |\n|---|---|")
     for name, seconds in rollout.items():
         print(f"| decoded {name} | {seconds:.2f} |")
 

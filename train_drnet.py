@@ -154,6 +154,8 @@ def train_drnet(config: dict, device: torch.device, data: tuple[ClipDataset, Cli
     training steps run under `precision` (bf16 autocast or fp32); test metrics and pictures stay fp32.
     """
     train_set, test_set = data
+    if isinstance(train_set, MovingMNIST) and device.type != "cpu":
+        train_set.render_on(device)  # a GPU renders a batch in a fraction of the CPU's time
     generator = torch.Generator().manual_seed(config["seed"])
     torch.manual_seed(config["seed"])
     model = DRNet(config).to(device)

@@ -20,6 +20,7 @@ from torchvision.utils import make_grid
 
 from board import Board
 from datasets import ClipDataset
+from datasets.moving_mnist import MovingMNIST
 from datasets.prefetch import BatchStream
 from precision import FP32, Precision, autocast
 from predictor import DRNetPredictor, PoseLSTM
@@ -229,6 +230,8 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
     run_dir = prepare_run_dir(config)
 
     train_set, test_set = data
+    if isinstance(train_set, MovingMNIST) and device.type != "cpu":
+        train_set.render_on(device)  # 20-frame clips take the CPU longer to render than a GPU step
     # Fixed test clips from their own generator, so that pictures never shift the training stream.
     test_generator = torch.Generator().manual_seed(config["seed"] + 1)
     wanted_steps = [step for step in REPORT_STEPS if step <= rollout_len]

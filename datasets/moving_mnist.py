@@ -121,6 +121,12 @@ class MovingMNIST:
         self.image_size, self.channels = image_size, channels
         self.max_step, self.num_digits = max_step, num_digits
 
+    def render_on(self, device: torch.device) -> MovingMNIST:
+        """Render frames on `device` from now on (the random draws stay on the CPU generator, so the clips
+        are the same); on a GPU this takes the rendering off the CPU, which otherwise limits the LSTM stage."""
+        self.digits = self.digits.to(device)
+        return self
+
     def sample_clips(self, batch_size: int, generator: torch.Generator) -> Clips:
         """Draw digits, start positions (digit fully inside), velocities and the front digit of each clip."""
         shape = (batch_size, self.num_digits)
@@ -141,24 +147,29 @@ class MovingMNIST:
         return limit - (limit - phase).abs()
 
     def render(self, digits: torch.Tensor, positions: torch.Tensor, front: torch.Tensor) -> torch.Tensor:
-        """Frames (B, K, C, S, S) of digit indices (B, D) at top-left corners (B, D, K, 2), `front` on top."""
+        """Frames (B, K, C, S, S) of digit indices (B, D) at top-left corners (B, D, K, 2), `front` on top.
+
+        The frames are on the device of the digit images (`render_on`), whatever device the inputs are on.
+        """
+        device = self.digits.device
+        digits, positions, front = digits.to(device), positions.to(device), front.to(device)
         batch, num_digits, num_frames = positions.shape[:3]
         size = self.image_size
-        layers = torch.zeros(batch, num_digits, num_frames, size, size)
-        offsets = torch.arange(DIGIT_SIZE)
+        layers = torch.zeros(batch, num_digits, num_frames, size, size, device=device)
+        offsets = torch.arange(DIGIT_SIZE, device=device)
         rows = (positions[..., 0, None] + offsets)[..., :, None]  # (B, D, K, 32, 1)
         cols = (positions[..., 1, None] + offsets)[..., None, :]  # (B, D, K, 1, 32)
-        b = torch.arange(batch)[:, None, None, None, None]
-        d = torch.arange(num_digits)[None, :, None, None, None]
-        k = torch.arange(num_frames)[None, None, :, None, None]
+        b = torch.arange(batch, device=device)[:, None, None, None, None]
+        d = torch.arange(num_digits, device=device)[None, :, None, None, None]
+        k = torch.arange(num_frames, device=device)[None, None, :, None, None]
         layers[b, d, k, rows, cols] = self.digits[digits][:, :, None]
         # The front digit hides every other digit wherever it has ink.
-        front_ink = layers[torch.arange(batch), front] > 0  # (B, K, S, S)
-        behind = torch.arange(num_digits)[None, :] != front[:, None]  # (B, D)
+        front_ink = layers[torch.arange(batch, device=device), front] > 0  # (B, K, S, S)
+        behind = torch.arange(num_digits, device=device)[None, :] != front[:, None]  # (B, D)
         layers = layers.masked_fill(front_ink[:, None] & behind[:, :, None, None, None], 0.0)
         if self.channels == 1:
             return layers.amax(dim=1)[:, :, None]
-        frames = torch.zeros(batch, num_frames, self.channels, size, size)
+        frames = torch.zeros(batch, num_frames, self.channels, size, size, device=device)
         for channel in range(min(self.channels, num_digits)):
             frames[:, :, channel] = layers[:, channel::self.channels].amax(dim=1)
         return frames

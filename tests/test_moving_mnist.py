@@ -134,3 +134,15 @@ def test_batches_are_reproducible_and_any_length_works():
 def test_digits_are_resized_to_32_pixels():
     data = MovingMNIST(*square_digits(1))
     assert data.digits.shape == (1, 32, 32) and data.digits.max() <= 1
+
+
+def test_render_on_moves_the_frames_and_keeps_the_clips():
+    """render_on(device) changes where frames are rendered, never which clips the generator draws."""
+    images, labels = torch.randint(0, 256, (20, 28, 28), dtype=torch.uint8), torch.arange(20) % 10
+    data = MovingMNIST(images, labels, image_size=64, channels=3, max_step=20, num_digits=2)
+    before = data.drnet_batch(4, torch.Generator().manual_seed(3))
+    data.render_on(torch.device("meta"))
+    moved = data.drnet_batch(4, torch.Generator().manual_seed(3))
+    assert moved.device.type == "meta" and moved.shape == before.shape
+    again = MovingMNIST(images, labels, image_size=64, channels=3, max_step=20, num_digits=2)
+    assert torch.equal(again.render_on(torch.device("cpu")).drnet_batch(4, torch.Generator().manual_seed(3)), before)
