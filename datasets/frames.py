@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import imageio.v3 as iio
-import imageio_ffmpeg
 import numpy as np
 import torch
 from PIL import Image
@@ -173,6 +172,8 @@ def folder_clips(name: str, folder: Path) -> tuple[list[Clip], list[str]]:
 
 def video_clip(name: str, path: Path) -> tuple[list[Clip], list[str]]:
     """A video file as a clip of its counted frames, or no clip and the problem when ffmpeg cannot decode it."""
+    import imageio_ffmpeg  # here, not at the top: only video files need ffmpeg, so frame folders work without it
+
     try:
         length = imageio_ffmpeg.count_frames_and_secs(str(path))[0]
     except (OSError, RuntimeError) as error:
