@@ -191,9 +191,10 @@ def write_mp4(frames: list[Image.Image], path: Path) -> Path | None:
     """Write the frames as an H.264 MP4 at the GIF's pace and return its path; None, with a warning, if ffmpeg fails."""
     try:
         import imageio.v2 as imageio
+        import imageio_ffmpeg  # noqa: F401  (without it imageio would hand .mp4 to another plugin, which fails oddly)
 
         # macro_block_size 1: keep the frame size, which `labelled` already made even, instead of resizing.
-        with imageio.get_writer(path, fps=1000 / GIF_FRAME_MS, codec="libx264", quality=8,
+        with imageio.get_writer(path, format="FFMPEG", fps=1000 / GIF_FRAME_MS, codec="libx264", quality=8,
                                 macro_block_size=1) as writer:
             for frame in frames:
                 writer.append_data(np.asarray(frame))
