@@ -58,6 +58,9 @@ LSTM_DEFAULTS = {"lr": 0.0002, "beta1": 0.9, "n_past": 10, "n_future": 10, "rnn_
                  "rollout_len": 500}
 LSTM_COUNTS = ("n_past", "n_future", "rnn_size", "rnn_layers", "rollout_len")  # each must be at least 1
 LSTM_ONLY = (*LSTM_COUNTS, "drnet_checkpoint")
+# What the clips show: a new LSTM run takes these from the DRNET it freezes unless given, so that it learns the
+# poses of the clips that DRNET was trained on (a one-digit DRNET under two-digit clips predicts nonsense).
+DRNET_DATA_KEYS = ("num_digits",)
 
 # What every numeric flag must be: (test, the words of the error). Every comparison with NaN is False, so NaN
 # fails every test; the seed stays within 32 bits because the evaluation multiplies it into stream seeds.
@@ -235,7 +238,8 @@ def check_kind(checkpoint: dict, path: Path, lstm: bool, run_dir: Path) -> None:
 
 
 def drnet_to_freeze(args: argparse.Namespace, config: dict, given: dict, drnet_dir: Path) -> dict:
-    """The trained DRNET a new LSTM run freezes, loaded; `config` takes its network shapes and path."""
+    """The trained DRNET a new LSTM run freezes, loaded; `config` takes its network shapes, path and (unless
+    given) what its clips show."""
     drnet_path = Path(args.drnet_checkpoint or checkpoint_path(drnet_dir))
     if not drnet_path.is_file():
         save_dir = f" --save_dir {args.save_dir}" if args.save_dir else ""
@@ -249,6 +253,7 @@ def drnet_to_freeze(args: argparse.Namespace, config: dict, given: dict, drnet_d
     check_architecture(drnet, config, drnet_path, ("image_width", *(k for k in ARCHITECTURE_KEYS if k in given)))
     stored = architecture_values(drnet["config"])
     config.update({k: stored[k] for k in ARCHITECTURE_KEYS})
+    config.update({k: drnet["config"][k] for k in DRNET_DATA_KEYS if k in drnet["config"] and k not in given})
     config["drnet_checkpoint"] = str(drnet_path)
     return drnet
 

@@ -280,6 +280,16 @@ def test_lstm_defaults_and_lr_flag(drnet_dir, shared, tmp_path):
     assert config["lr"] == 0.001
 
 
+def test_new_lstm_run_takes_the_drnets_clips_unless_given(shared, tmp_path):
+    one_digit = tmp_path / "one"
+    main.main([*shared, "--max_iter", "1", "--batch_size", "2", "--num_digits", "1", "--save_dir", str(one_digit)])
+    common = ["--use_lstm", "True", "--drnet_checkpoint", str(one_digit / "checkpoint.pt"), *shared]
+    config = main.resolve_run(main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "a")])).config
+    assert config["num_digits"] == 1
+    given = main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "b"), "--num_digits", "3"])
+    assert main.resolve_run(given).config["num_digits"] == 3
+
+
 def test_resume_equals_one_uninterrupted_run(drnet_dir, tiny, tmp_path):
     common = ["--use_lstm", "True", "--drnet_checkpoint", str(drnet_dir / "checkpoint.pt"), "--rollout_len", "3",
               "--save_iters", "2", *tiny]
