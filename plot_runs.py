@@ -36,7 +36,9 @@ def plot_runs(run_dirs: list[Path], metric: str, out: Path, cpu_s_per_clip: floa
         by_iteration.plot(iterations, values, marker="o", label=run_dir.name)
         scale = batch * cpu_s_per_clip / 3600 if cpu_s_per_clip else batch
         by_clips.plot([i * scale for i in iterations], values, marker="o", label=run_dir.name)
-    second = f"CPU hours ({cpu_s_per_clip} CPU-s per clip)" if cpu_s_per_clip else "training clips seen"
+    second = f"CPU hours ({cpu_s_per_clip} CPU-s per clip)" if cpu_s_per_clip else "training clips seen (thousands)"
+    if not cpu_s_per_clip:  # six-digit tick labels run into each other
+        by_clips.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:g}")
     for ax, label in ((by_iteration, "iteration"), (by_clips, second)):
         ax.set_xlabel(label)
         ax.set_ylabel(metric)

