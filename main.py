@@ -8,6 +8,7 @@ run starts from the configuration stored in its checkpoint, changed only by the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
@@ -20,6 +21,7 @@ from typing import NamedTuple
 
 import torch
 
+import distributed
 from board import tensorboard_missing
 from datasets.prefetch import MAX_AHEAD
 from datasets.registry import DATASETS, available, build_dataset
@@ -345,26 +347,40 @@ def run_evaluation(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Parse flags, check configuration, device and data, then hold the run directory and run the stage.
 
-    Nothing is written before every check has passed (only --data_root is created, for the data).
+    Nothing is written before every check has passed (only --data_root is created, for the data). Started
+    by torchrun, every process trains on its share of each batch (distributed.py) and rank 0 alone writes.
     """
     args = build_parser().parse_args(argv)
     log = setup_logging()
     try:
         if args.evaluate:
+            if distributed.launched():
+                raise DRNetError("--evaluate runs in one process: start it with python, not torchrun")
             run_evaluation(args)
             return
         config, checkpoint = resolve_run(args)
-        device = pick_device(config["device"], config["gpu"], args.gpu is not None)
+        # Under torchrun each process takes the GPU of its local rank, whatever --gpu says.
+        gpu = distributed.local_rank() if distributed.launched() else config["gpu"]
+        device = pick_device(config["device"], gpu, args.gpu is not None)
+        distributed.start(device)
+        if not distributed.is_main():
+            log.setLevel(logging.ERROR)  # rank 0 reports; the others say only what stops them
+        per_rank = distributed.per_rank_batch(config["batch_size"], 1 if args.use_lstm else 2)
         precision = pick_precision(config["amp"], device)
         if config["tensorboard"] and tensorboard_missing():
             raise DRNetError(tensorboard_missing())
-        data = build_dataset(config, "train"), build_dataset(config, "test")
+        with distributed.main_rank_first():  # one process downloads or caches the data, the others read it
+            data = build_dataset(config, "train"), build_dataset(config, "test")
         run_dir = Path(config["run_dir"])
-        with hold_run_dir(run_dir):
-            log = setup_logging(run_dir)
-            for stale in remove_stale_temporaries(run_dir):
-                log.info("removed %s, left half-written by a run that was stopped while writing it", stale)
+        with hold_run_dir(run_dir) if distributed.is_main() else contextlib.nullcontext():
+            if distributed.is_main():
+                log = setup_logging(run_dir)
+                for stale in remove_stale_temporaries(run_dir):
+                    log.info("removed %s, left half-written by a run that was stopped while writing it", stale)
             log.info("run directory %s on %s; config: %s", run_dir, device, json.dumps(config))
+            if distributed.world_size() > 1:
+                log.info("rank %d of %d, %d clips per rank, global batch %d (logged losses: means over ranks)",
+                         distributed.rank(), distributed.world_size(), per_rank, config["batch_size"])
             log.info("precision %s: %s", precision.name, precision.reason)
             if args.use_lstm:
                 from train_lstm import train_lstm
@@ -384,6 +400,7 @@ def main(argv: list[str] | None = None) -> None:
                   "(a training run continues with --resume True)", error.filename or "a file")
         sys.exit(2)
     finally:  # close the run's log file too, so in-process runs (tests) leave no open file behind
+        distributed.stop()
         drnet_log = logging.getLogger("drnet")
         for handler in list(drnet_log.handlers):
             drnet_log.removeHandler(handler)

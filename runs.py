@@ -5,7 +5,8 @@ A run directory holds config.json, train.log, metrics.csv, test_metrics.csv, los
 checkpoint.pt (the latest) and checkpoints/iter_N.pt (periodic copies); the LSTM stage's run is the
 `lstm/` folder of its DRNET's run directory. A checkpoint is a dict of plain values and tensors:
 - kind "drnet" (checkpoints older than `kind` are DRNET ones): config, iteration, model (the `DRNet`
-  state dict), optimizers {"main", "discriminator"}, rng (`rng_state`);
+  state dict), optimizers {"main", "discriminator"}, rng (`rng_state`; a run of several processes adds
+  every rank's data generator state as rng["data_ranks"]);
 - kind "lstm": config (the LSTM stage's), drnet_config, iteration, model (the DRNET's weights), lstm
   (the pose LSTM's), optimizers {"lstm"}, rng.
 Every path reads a checkpoint once and passes the loaded dict on; `load_model(path)` rebuilds the model of
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import distributed
 from datasets.prefetch import BatchStream
 from models import HEAD_DEFAULTS, Architecture, DRNet
 from predictor import DRNetPredictor
@@ -66,24 +68,37 @@ def prepare_run_dir(config: dict) -> Path:
 
 # ---- Random states and the checkpoint format ----
 
-def rng_state(data_state: torch.Tensor) -> dict:
-    """Every random state a run depends on: the data generator's before the next batch, torch's CPU and CUDA."""
-    state = {"data": data_state, "torch": torch.get_rng_state()}
+def rng_state(data_state: torch.Tensor | list[torch.Tensor]) -> dict:
+    """Every random state a run depends on: the data generator's before the next batch, torch's CPU and CUDA.
+
+    A run of several processes passes every rank's data generator state (`distributed.gather_states`); torch's
+    own generators are the same on every rank (one seed, the same draws), so rank 0's stand for all.
+    """
+    ranks = data_state if isinstance(data_state, list) else [data_state]
+    state = {"data": ranks[0], "torch": torch.get_rng_state()}
+    if len(ranks) > 1:
+        state["data_ranks"] = ranks
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict, generator: torch.Generator) -> None:
-    """Restore what `rng_state` saved."""
-    generator.set_state(state["data"])
+    """Restore what `rng_state` saved; each rank takes its own data generator state where the checkpoint has it.
+
+    A rank beyond those the checkpoint holds (a single-process checkpoint resumed by several processes) keeps
+    its freshly seeded stream (`distributed.data_seed`), which no earlier rank drew from.
+    """
+    ranks = state.get("data_ranks", [state["data"]])
+    if distributed.rank() < len(ranks):
+        generator.set_state(ranks[distributed.rank()])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def drnet_checkpoint(model: DRNet, optimizers: dict[str, torch.optim.Optimizer], config: dict, iteration: int,
-                     data_state: torch.Tensor) -> dict:
+                     data_state: torch.Tensor | list[torch.Tensor]) -> dict:
     """The DRNET checkpoint of `iteration`, whose next batch `data_state` draws."""
     return {"kind": "drnet", "config": config, "iteration": iteration, "model": model.state_dict(),
             "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
@@ -91,7 +106,7 @@ def drnet_checkpoint(model: DRNet, optimizers: dict[str, torch.optim.Optimizer],
 
 
 def lstm_checkpoint(model: DRNetPredictor, optimizer: torch.optim.Optimizer, config: dict, iteration: int,
-                    data_state: torch.Tensor) -> dict:
+                    data_state: torch.Tensor | list[torch.Tensor]) -> dict:
     """The LSTM-stage checkpoint of `iteration`: self-contained, it holds the frozen DRNET and its config too."""
     return {"kind": "lstm", "config": config, "drnet_config": model.config, "iteration": iteration,
             "model": model.drnet_state_dict(), "lstm": model.lstm.state_dict(),
@@ -224,7 +239,12 @@ def resume(checkpoint: dict, optimizers: dict[str, torch.optim.Optimizer], confi
     set_rng_state(checkpoint["rng"], generator)
     start = checkpoint["iteration"]
     log.info("resumed from %s at iteration %d", config["resume_from"], start)
-    restore_periodic(Path(config["run_dir"]), Path(config["resume_from"]), start)
+    stored = len(checkpoint["rng"].get("data_ranks", [None]))
+    if distributed.world_size() > stored:
+        log.info("the checkpoint holds the data streams of %d process(es): ranks %d to %d start fresh ones",
+                 stored, stored, distributed.world_size() - 1)
+    if distributed.is_main():
+        restore_periodic(Path(config["run_dir"]), Path(config["resume_from"]), start)
     return start
 
 
@@ -318,36 +338,43 @@ class StopOnInterrupt:
 
 
 def run_iterations(config: dict, start: int, stage: str, batches: BatchStream,
-                   step: Callable[[torch.Tensor], dict[str, float]], metrics: MetricsLog,
-                   save: Callable[[int, torch.Tensor], None], resume_flags: str) -> None:
+                   step: Callable[[torch.Tensor], dict[str, float]], metrics: MetricsLog | None,
+                   save: Callable[[int, torch.Tensor | list[torch.Tensor]], None] | None, resume_flags: str) -> None:
     """The loop both stages share: progress bar with ETA, a metrics row per iteration, periodic saves, and
-    a clean stop on Ctrl-C that saves the last whole iteration. `save` gets the data state after a batch.
+    a clean stop on Ctrl-C that saves the last whole iteration. `save` gets the data state after a batch
+    (every rank's, in a run of several processes: `distributed.gather_states`).
+
+    In a run of several processes the metrics are means over ranks and every rank stops at the same
+    iteration; ranks other than 0 pass no `metrics` and no `save` (they write nothing) and show no progress bar.
 
     Non-finite losses, and a save that fails (non-finite weights, a full disk), stop the run with a
     one-line DRNetError before a checkpoint of that iteration is written; exploding losses are logged.
     """
     progress = tqdm(range(start + 1, config["max_iter"] + 1), initial=start, total=config["max_iter"],
-                    desc=stage, dynamic_ncols=True, disable=config.get("quiet", False))
+                    desc=stage, dynamic_ncols=True, disable=config.get("quiet", False) or not distributed.is_main())
     began, done, watch = time.perf_counter(), 0, LossWatch()
     with StopOnInterrupt() as interrupt, progress, batches:
         for iteration in progress:
             batch, data_state = next(batches)
-            values = step(batch)
+            values, stop = distributed.agree(step(batch), interrupt.requested)
             if not all(math.isfinite(v) for v in values.values()):
                 raise DRNetError(f"{stage} stopped at iteration {iteration}: the loss is not finite ("
                                  f"{', '.join(f'{name} {value:.4g}' for name, value in values.items())}); "
                                  f"{kept_checkpoint(Path(config['run_dir']))}; try a lower --lr")
             for warning in watch.check(iteration, values):
                 log.warning(warning)
-            metrics.append(iteration, values)
+            if metrics is not None:
+                metrics.append(iteration, values)
             done += 1
             progress.set_postfix({name: f"{value:.4g}" for name, value in values.items()}, refresh=False)
-            if iteration % config["save_iters"] == 0 or iteration == config["max_iter"] or interrupt.requested:
+            if iteration % config["save_iters"] == 0 or iteration == config["max_iter"] or stop:
+                data_states = distributed.gather_states(data_state)  # every rank takes part, rank 0 saves
                 try:
-                    save(iteration, data_state)
+                    if save is not None:
+                        save(iteration, data_states)
                 except DRNetError as error:  # the error says what was kept; add where the run stopped
                     raise DRNetError(f"{stage} stopped at iteration {iteration}: {error}") from error
-            if interrupt.requested:
+            if stop:
                 log.info("stopped at iteration %d; continue with %s", iteration, resume_flags)
                 break
     if done > 0:

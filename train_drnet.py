@@ -8,11 +8,13 @@ LSTM, is train_lstm.py.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+import distributed
 from board import Board
 from datasets import ClipDataset
 from datasets.moving_mnist import MovingMNIST
@@ -55,6 +57,7 @@ def discriminator_step(model: DRNet, optimizer: torch.optim.Optimizer, h_p1: tor
     loss = F.binary_cross_entropy_with_logits(logits, labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    distributed.average_gradients(optimizer)  # several processes: the gradient of the global batch
     optimizer.step()
     accuracy = ((logits > 0).float() == labels).float().mean()
     return loss.item(), accuracy.item()
@@ -81,6 +84,7 @@ def train_step(model: DRNet, optimizers: dict, frames: torch.Tensor, alpha: floa
     loss = drnet_loss(rec, sim, adv, alpha, beta)
     optimizers["main"].zero_grad(set_to_none=True)
     loss.backward()
+    distributed.average_gradients(optimizers["main"])
     optimizers["main"].step()
     return {"rec": rec.item(), "sim": sim.item(), "adv": adv.item(), "disc_loss": disc_loss,
             "disc_acc": disc_acc}
@@ -141,7 +145,7 @@ def save_analogy_grid(model: DRNet, clips: torch.Tensor, path: Path) -> None:
 
 
 def save_run_state(run_dir: Path, model: DRNet, optimizers: dict, config: dict, iteration: int,
-                   data_state: torch.Tensor, keep: int) -> None:
+                   data_state: torch.Tensor | list[torch.Tensor], keep: int) -> None:
     """Write the DRNET checkpoint of `iteration`, whose next batch `data_state` draws (see `write_checkpoints`)."""
     write_checkpoints(run_dir, drnet_checkpoint(model, optimizers, config, iteration, data_state), iteration, keep)
 
@@ -152,20 +156,44 @@ def train_drnet(config: dict, device: torch.device, data: tuple[ClipDataset, Cli
 
     `resumed` is the loaded checkpoint of `config['resume_from']` (main.py has read and checked it). The
     training steps run under `precision` (bf16 autocast or fp32); test metrics and pictures stay fp32.
+    Started by torchrun, each process trains on its share of every batch and rank 0 alone writes (distributed.py).
     """
     train_set, test_set = data
     if isinstance(train_set, MovingMNIST) and device.type != "cpu":
         train_set.render_on(device)  # a GPU renders a batch in a fraction of the CPU's time
-    generator = torch.Generator().manual_seed(config["seed"])
-    torch.manual_seed(config["seed"])
-    model = DRNet(config).to(device)
+    generator = torch.Generator().manual_seed(distributed.data_seed(config["seed"]))
+    torch.manual_seed(config["seed"])  # the same on every rank: equal initial weights, equal discriminator draws
+    model = distributed.sync_batchnorm(DRNet(config), device).to(device)
     optimizers = make_optimizers(model, config)
     start = 0
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         start = resume(resumed, optimizers, config, generator)
-    run_dir = prepare_run_dir(config)
+    metrics, save_everything, board = (reporting(config, model, optimizers, test_set, device, start)
+                                       if distributed.is_main() else (None, None, None))
 
+    model.train()
+    # `generator` draws the batches only (possibly ahead, on the loader thread); the discriminator's pairs
+    # come from torch's global generator, which checkpoints save as well.
+    batch_size = distributed.per_rank_batch(config["batch_size"], 2)
+    batches = BatchStream(lambda g: train_set.drnet_batch(batch_size, g), generator, config["data_threads"])
+
+    def step(frames: torch.Tensor) -> dict[str, float]:
+        with autocast(precision, device):
+            return train_step(model, optimizers, frames.to(device, non_blocking=True), config["alpha"],
+                              config["beta"], torch.default_generator)
+
+    run_iterations(config, start, "DRNET", batches, step, metrics, save_everything, "--resume True")
+    if board is not None:
+        board.close()
+    return model
+
+
+def reporting(config: dict, model: DRNet, optimizers: dict, test_set: ClipDataset, device: torch.device,
+              start: int) -> tuple[MetricsLog, Callable[[int, torch.Tensor | list[torch.Tensor]], None], Board | None]:
+    """What rank 0 writes: the run directory, the metrics logs, and the periodic save (checkpoint, test metrics,
+    pictures, curves). The test metrics run the model in eval mode, so they need no other rank."""
+    run_dir = prepare_run_dir(config)
     # Fixed test clips, drawn from their own generator so that pictures never shift the training stream.
     test_generator = torch.Generator().manual_seed(config["seed"] + 1)
     test_frames = test_set.drnet_batch(TEST_CLIPS, test_generator).to(device)
@@ -186,7 +214,7 @@ def train_drnet(config: dict, device: torch.device, data: tuple[ClipDataset, Cli
               "scene discriminator loss": [(run_dir / "metrics.csv", "disc_loss"), (run_dir / "metrics.csv", "adv")],
               "scene discriminator accuracy": [(run_dir / "metrics.csv", "disc_acc")]}
 
-    def save_everything(iteration: int, data_state: torch.Tensor) -> None:
+    def save_everything(iteration: int, data_state: torch.Tensor | list[torch.Tensor]) -> None:
         save_run_state(run_dir, model, optimizers, config, iteration, data_state, config["keep_checkpoints"])
         test_values = report_test_clips(model, test_frames, test_clips, run_dir / "samples", iteration, swaps,
                                         channels)
@@ -199,18 +227,4 @@ def train_drnet(config: dict, device: torch.device, data: tuple[ClipDataset, Cli
                  iteration, transfer, test_values["test_rec_mse"], test_values["test_content_ratio"],
                  test_values["test_content_spread"], checkpoint_path(run_dir))
 
-    model.train()
-    # `generator` draws the batches only (possibly ahead, on the loader thread); the discriminator's pairs
-    # come from torch's global generator, which checkpoints save as well.
-    batches = BatchStream(lambda g: train_set.drnet_batch(config["batch_size"], g), generator,
-                          config["data_threads"])
-
-    def step(frames: torch.Tensor) -> dict[str, float]:
-        with autocast(precision, device):
-            return train_step(model, optimizers, frames.to(device, non_blocking=True), config["alpha"],
-                              config["beta"], torch.default_generator)
-
-    run_iterations(config, start, "DRNET", batches, step, metrics, save_everything, "--resume True")
-    if board is not None:
-        board.close()
-    return model
+    return metrics, save_everything, board

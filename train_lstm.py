@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
+import distributed
 from board import Board
 from datasets import ClipDataset
 from datasets.moving_mnist import MovingMNIST
@@ -66,6 +68,7 @@ def lstm_step(model: DRNetPredictor, optimizer: torch.optim.Optimizer, clips: to
     loss = teacher_forced_loss(model.lstm, content, poses)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    distributed.average_gradients(optimizer)  # several processes: the gradient of the global batch
     optimizer.step()
     return loss.item()
 
@@ -215,11 +218,13 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
 
     `checkpoint` is loaded and checked by main.py: the LSTM checkpoint of `config['resume_from']` when
     resuming, else the DRNET checkpoint of `config['drnet_checkpoint']` to freeze. The training steps run under
-    `precision` (bf16 autocast or fp32); test metrics and roll-outs stay fp32.
+    `precision` (bf16 autocast or fp32); test metrics and roll-outs stay fp32. Started by torchrun, each
+    process trains on its share of every batch and rank 0 alone writes (distributed.py); the frozen DRNET
+    runs in eval mode, so its BatchNorm needs no other rank's statistics and is left as it is.
     """
-    n_past, n_future, rollout_len = config["n_past"], config["n_future"], config["rollout_len"]
-    generator = torch.Generator().manual_seed(config["seed"])
-    torch.manual_seed(config["seed"])
+    n_past, n_future = config["n_past"], config["n_future"]
+    generator = torch.Generator().manual_seed(distributed.data_seed(config["seed"]))
+    torch.manual_seed(config["seed"])  # the same on every rank: equal initial weights
     model = predictor_on(checkpoint, config).to(device)
     freeze_drnet(model)
     optimizer = torch.optim.Adam(model.lstm.parameters(), lr=config["lr"], betas=(config["beta1"], 0.999))
@@ -228,11 +233,33 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
         start = resume(checkpoint, {"lstm": optimizer}, config, generator)
     else:
         log.info("frozen DRNET from %s", config["drnet_checkpoint"])
-    run_dir = prepare_run_dir(config)
-
     train_set, test_set = data
     if isinstance(train_set, MovingMNIST) and device.type != "cpu":
         train_set.render_on(device)  # 20-frame clips take the CPU longer to render than a GPU step
+    metrics, save_everything, board = (reporting(config, model, optimizer, test_set, device, start)
+                                       if distributed.is_main() else (None, None, None))
+
+    batch_size = distributed.per_rank_batch(config["batch_size"], 1)
+    batches = BatchStream(lambda g: train_set.sequence_batch(batch_size, n_past + n_future, g), generator,
+                          config["data_threads"])
+
+    def step(clips: torch.Tensor) -> dict[str, float]:
+        with autocast(precision, device):
+            return {"mse": lstm_step(model, optimizer, clips.to(device, non_blocking=True), n_past)}
+
+    run_iterations(config, start, "LSTM", batches, step, metrics, save_everything, "--resume True --use_lstm True")
+    if board is not None:
+        board.close()
+    return model
+
+
+def reporting(config: dict, model: DRNetPredictor, optimizer: torch.optim.Optimizer, test_set: ClipDataset,
+              device: torch.device, start: int
+              ) -> tuple[MetricsLog, Callable[[int, torch.Tensor | list[torch.Tensor]], None], Board | None]:
+    """What rank 0 writes: the run directory, the metrics logs, and the periodic save (checkpoint, test MSE,
+    roll-outs, curves). The model is in eval mode throughout, so these need no other rank."""
+    n_past, n_future, rollout_len = config["n_past"], config["n_future"], config["rollout_len"]
+    run_dir = prepare_run_dir(config)
     # Fixed test clips from their own generator, so that pictures never shift the training stream.
     test_generator = torch.Generator().manual_seed(config["seed"] + 1)
     wanted_steps = [step for step in REPORT_STEPS if step <= rollout_len]
@@ -250,7 +277,7 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
     curves = {"pose LSTM mse (teacher forced)": [(run_dir / "metrics.csv", "mse")],
               "test frame mse by prediction step": [(run_dir / "test_metrics.csv", c) for c in metric_columns(steps)]}
 
-    def save_everything(iteration: int, data_state: torch.Tensor) -> None:
+    def save_everything(iteration: int, data_state: torch.Tensor | list[torch.Tensor]) -> None:
         write_checkpoints(run_dir, lstm_checkpoint(model, optimizer, config, iteration, data_state), iteration,
                           config["keep_checkpoints"])
         values = step_mse(model, metric_clips, n_past, steps)
@@ -267,14 +294,4 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
                  "%s; checkpoint %s", iteration, report, rollout_len, strip.name, strip_every(rollout_len),
                  animations, checkpoint_path(run_dir))
 
-    batches = BatchStream(lambda g: train_set.sequence_batch(config["batch_size"], n_past + n_future, g),
-                          generator, config["data_threads"])
-
-    def step(clips: torch.Tensor) -> dict[str, float]:
-        with autocast(precision, device):
-            return {"mse": lstm_step(model, optimizer, clips.to(device, non_blocking=True), n_past)}
-
-    run_iterations(config, start, "LSTM", batches, step, metrics, save_everything, "--resume True --use_lstm True")
-    if board is not None:
-        board.close()
-    return model
+    return metrics, save_everything, board
