@@ -7,10 +7,13 @@
 
 Speed claims hold for one machine only, so every figure comes from this one run, and the table names the CPU
 and its bf16 features. "reference" does per iteration what the authors' drnet-py train_drnet.py does (written
-here, with our networks): two extra pose passes for the scene discriminator, and graphs built for x_c2 and x_p2
-only to be detached. bf16 variants are skipped where `--amp auto` would not use bf16 (no AMX or AVX-512 bf16:
-emulated bf16 is several times slower than fp32), unless named with --variants. Each variant runs in a fresh
-subprocess so that its peak memory is its own. Prints Markdown tables.
+here, with our networks): two extra pose passes for the scene discriminator, graphs built for x_c2 and x_p2
+only to be detached, PyTorch's default Adam (one update per tensor) and its losses read every iteration. "ours"
+is what main.py does by default; each other variant changes one or two things. A variant's time is the mean
+over its timed iterations, measured from an idle device to an idle device (a GPU may run ahead in between).
+bf16 variants are skipped where `--amp auto` would not use bf16 (no AMX or AVX-512 bf16: emulated bf16 is
+several times slower than fp32), and "ours, compile" runs only when named with --variants. Each variant runs
+in a fresh subprocess so that its peak memory is its own. Prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -28,20 +30,30 @@ import torch.nn.functional as F
 
 from models import DRNet
 
-VARIANTS = {  # name: (the authors' step, bf16 autocast, channels_last, skips, cudnn.benchmark)
-    "reference": (True, False, False, False, False),
-    "ours": (False, False, False, False, False),
-    "ours, channels_last": (False, False, True, False, False),
-    "ours, bf16": (False, True, False, False, False),
-    "ours, bf16 + channels_last": (False, True, True, False, False),
-    "ours + skips": (False, False, False, True, False),
-    "ours, cudnn.benchmark": (False, False, False, False, True),
+# What main.py does by default; each variant changes some of it.
+OURS = {"authors": False, "bf16": False, "channels_last": False, "skips": False, "cudnn_benchmark": False,
+        "read_every": 10, "fused_adam": True, "compile": False, "pinned": False}
+VARIANTS = {
+    # The authors' passes, their per-tensor Adam, their loss read (`.data[0]`) every iteration.
+    "reference": {"authors": True, "read_every": 1, "fused_adam": False},
+    "ours": {},
+    "ours, losses read every iteration": {"read_every": 1},
+    "ours, Adam per tensor": {"fused_adam": False},
+    "ours, channels_last": {"channels_last": True},
+    "ours, bf16": {"bf16": True},
+    "ours, bf16 + channels_last": {"bf16": True, "channels_last": True},
+    "ours + skips": {"skips": True},
+    "ours, compile": {"compile": True},
+    "ours, cudnn.benchmark": {"cudnn_benchmark": True},
+    "ours, pinned batches": {"pinned": True},
 }
-GPU_ONLY = ("ours, cudnn.benchmark",)  # left out of the default list on a CPU, where they change nothing
+GPU_ONLY = ("ours, losses read every iteration", "ours, cudnn.benchmark", "ours, pinned batches")  # CPU: no change
+NAMED_ONLY = ("ours, compile",)  # run only when named: compiling takes minutes on a CPU
 ROLLOUT_CLIPS, ROLLOUT_FRAMES = 4, 200
 
 
-def reference_step(model: DRNet, optimizers: dict, frames: torch.Tensor, alpha: float, beta: float) -> None:
+def reference_step(model: DRNet, optimizers: dict, frames: torch.Tensor, alpha: float, beta: float
+                   ) -> dict[str, torch.Tensor]:
     """One iteration with the passes of drnet-py's train_drnet.py: its discriminator update, then its main step."""
     from train_drnet import adversarial_loss, drnet_loss, similarity_loss
 
@@ -61,10 +73,12 @@ def reference_step(model: DRNet, optimizers: dict, frames: torch.Tensor, alpha: 
     h_p1, h_p2 = model.encode_pose(x_p1), model.encode_pose(x_p2).detach()
     rec = F.mse_loss(model.decode(content, h_p1), x_p1)
     adv = adversarial_loss(model.scene_discriminator(h_p1, h_p2))
-    loss = drnet_loss(rec, similarity_loss(content.h, h_c2), adv, alpha, beta)
+    sim = similarity_loss(content.h, h_c2)
+    loss = drnet_loss(rec, sim, adv, alpha, beta)
     optimizers["main"].zero_grad(set_to_none=True)
     loss.backward()
     optimizers["main"].step()
+    return {"rec": rec.detach(), "sim": sim.detach(), "adv": adv.detach(), "disc_loss": disc_loss.detach()}
 
 
 def measure(variant: str, batch_size: int, iters: int, warmup: int, device_name: str, dataset: str = "mnist"
@@ -76,20 +90,28 @@ def measure(variant: str, batch_size: int, iters: int, warmup: int, device_name:
     """
     from datasets.moving_mnist import moving_mnist
     from datasets.registry import DATASETS
+    from precision import compile_networks, to_channels_last
+    from runs import read_losses
     from train_drnet import make_optimizers, train_step
     from utils import resolve_device
 
-    authors, bf16, channels_last, skips, cudnn_benchmark = VARIANTS[variant]
+    options = {**OURS, **VARIANTS[variant]}
     device = resolve_device(device_name)
-    torch.backends.cudnn.benchmark = cudnn_benchmark  # cuDNN times its algorithms per shape, picks the fastest
+    torch.backends.cudnn.benchmark = options["cudnn_benchmark"]  # cuDNN times its algorithms per shape
     config = {**DATASETS[dataset], "lr": 0.002, "beta1": 0.5}
-    config["use_skip"] = config["use_skip"] or skips
+    config["use_skip"] = config["use_skip"] or options["skips"]
     size, channels = config["image_width"], config["channels"]
     torch.manual_seed(0)
     model = DRNet(config).to(device).train()
-    if channels_last:
+    if options["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    optimizers = make_optimizers(model, config)
+    if options["fused_adam"]:
+        optimizers = make_optimizers(model, config)
+    else:
+        optimizers = {name: torch.optim.Adam(optimizer.param_groups[0]["params"], lr=0.002, betas=(0.5, 0.999))
+                      for name, optimizer in make_optimizers(model, config).items()}
+    if options["compile"]:
+        compile_networks(model)
     generator = torch.Generator().manual_seed(0)
     if dataset == "mnist":
         data = moving_mnist("data", "train", size, channels, 20, download=False).render_on(device)
@@ -97,26 +119,35 @@ def measure(variant: str, batch_size: int, iters: int, warmup: int, device_name:
     else:
         def draw(batch: int, generator: torch.Generator) -> torch.Tensor:
             return torch.rand(4, batch, channels, size, size, generator=generator)
-    data_times, step_times = [], []
-    for i in range(warmup + iters):
-        began = time.perf_counter()
-        frames = draw(batch_size, generator).to(device)
-        if channels_last:
-            frames = torch.stack([f.contiguous(memory_format=torch.channels_last) for f in frames])
-        loaded = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            if authors:
-                reference_step(model, optimizers, frames, config["alpha"], config["beta"])
-            else:
-                train_step(model, optimizers, frames, config["alpha"], config["beta"], generator)
+
+    def synchronize() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if i >= warmup:
-            data_times.append(loaded - began)
-            step_times.append(time.perf_counter() - loaded)
-    total = [d + s for d, s in zip(data_times, step_times, strict=True)]
+
+    data_s, pending = 0.0, []
+    for i in range(warmup + iters):
+        if i == warmup:  # the timed iterations start on an idle device
+            synchronize()
+            began, data_s = time.perf_counter(), 0.0
+        drawn = time.perf_counter()
+        frames = draw(batch_size, generator)
+        if options["pinned"]:
+            frames = frames.pin_memory()  # on a loader thread in training (datasets/prefetch.py)
+        frames = frames.to(device, non_blocking=True)
+        if options["channels_last"]:
+            frames = to_channels_last(frames)
+        data_s += time.perf_counter() - drawn
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=options["bf16"]):
+            if options["authors"]:
+                pending.append(reference_step(model, optimizers, frames, config["alpha"], config["beta"]))
+            else:
+                pending.append(train_step(model, optimizers, frames, config["alpha"], config["beta"], generator))
+        if len(pending) >= options["read_every"]:  # as runs.run_iterations reads them: one transfer
+            read_losses(list(enumerate(pending)))
+            pending = []
+    synchronize()
     return {"variant": variant, "device": str(device), "threads": torch.get_num_threads(), "size": size,
-            "s_per_iter": statistics.median(total), "data_s": statistics.median(data_times),
+            "s_per_iter": (time.perf_counter() - began) / iters, "data_s": data_s / iters,
             "peak_mib": peak_memory_mib(device)}
 
 
@@ -152,8 +183,11 @@ def peak_memory_mib(device: torch.device) -> float:
 
 
 def in_subprocess(*flags: str) -> dict:
-    """Run this script with `flags` in a fresh process and return the JSON line it prints."""
-    done = subprocess.run([sys.executable, __file__, *flags], check=True, capture_output=True, text=True)
+    """Run this script with `flags` in a fresh process and return the JSON line it prints, or {"error": why}."""
+    done = subprocess.run([sys.executable, __file__, *flags], capture_output=True, text=True)
+    if done.returncode != 0:  # one variant that cannot run here (torch.compile without a compiler) ends its row
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        return {"error": lines[-1][:200]}
     return json.loads(done.stdout.splitlines()[-1])
 
 
@@ -188,13 +222,16 @@ def main() -> None:
           "| peak memory (MiB) |\n|---|---|---|---|---|---|---|")
     reference = None
     for variant in args.variants or list(VARIANTS):
-        if not args.variants and variant in GPU_ONLY and device.type != "cuda":
+        if not args.variants and (variant in NAMED_ONLY or (variant in GPU_ONLY and device.type != "cuda")):
             continue
-        if VARIANTS[variant][1] and not args.variants and bf16.dtype is None:
-            print(f"| {variant} | skipped: {bf16.reason} | | | | |")
+        if VARIANTS[variant].get("bf16") and not args.variants and bf16.dtype is None:
+            print(f"| {variant} | skipped: {bf16.reason} | | | | | |")
             continue
         row = in_subprocess("--one", variant, "--batch_size", str(args.batch_size), "--iters", str(args.iters),
                             "--warmup", str(args.warmup), "--device", args.device, "--dataset", args.dataset)
+        if "error" in row:
+            print(f"| {variant} | failed: {row['error']} | | | | | |")
+            continue
         reference = row["s_per_iter"] if variant == "reference" else reference
         ratio = f"{row['s_per_iter'] / reference:.2f}" if reference else "-"
         memory = "GPU " if row["device"].startswith("cuda") else "RSS "
@@ -202,6 +239,8 @@ def main() -> None:
               f"({row['threads']}) | {row['s_per_iter']:.3f} | {args.batch_size / row['s_per_iter']:.0f} | {ratio} | "
               f"{row['data_s']:.3f} | {memory}{row['peak_mib']:.0f} |")
     rollout = in_subprocess("--one", "rollout", "--device", args.device)
+    if "error" in rollout:
+        sys.exit(f"roll-out failed: {rollout['error']}")
     print(f"\n| roll-out of {ROLLOUT_CLIPS} clips x {ROLLOUT_FRAMES} frames (mnist networks) | seconds |\n|---|---|")
     for name, seconds in rollout.items():
         print(f"| decoded {name} | {seconds:.2f} |")

@@ -128,14 +128,16 @@ def gather_states(state: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
     return [s.cpu() for s in gathered]
 
 
-def agree(values: dict[str, float], stop: bool) -> tuple[dict[str, float], bool]:
+def agree(values: dict[str, torch.Tensor | float], stop: bool) -> tuple[dict[str, torch.Tensor | float], bool]:
     """Metrics averaged over ranks, and whether any rank asked to stop (Ctrl-C): one all-reduce of a few numbers.
 
-    Every rank then takes the same decisions (a non-finite loss, a clean stop) at the same iteration.
+    Every rank then takes the same decisions (a non-finite loss, a clean stop) at the same iteration, so with
+    several processes the metrics are read every iteration; one process gets `values` back as they are.
     """
     if world_size() == 1:
         return values, stop
-    numbers = torch.tensor([*values.values(), float(stop)], dtype=torch.float64, device=_device)
+    numbers = torch.stack([torch.as_tensor(v, dtype=torch.float64).to(_device)
+                           for v in (*values.values(), float(stop))])
     dist.all_reduce(numbers)
     means = (numbers[:-1] / world_size()).tolist()
     return dict(zip(values, means, strict=True)), bool(numbers[-1].item() > 0)

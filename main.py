@@ -26,7 +26,7 @@ from board import tensorboard_missing
 from datasets.prefetch import MAX_AHEAD
 from datasets.registry import DATASETS, available, build_dataset
 from models import HEAD_DEFAULTS, SUPPORTED_SIZES
-from precision import AMP_MODES, Precision, autocast, resolve_precision
+from precision import AMP_MODES, Precision, autocast, compile_check, resolve_precision
 from runs import (
     ARCHITECTURE_KEYS,
     LSTM_SHAPE_KEYS,
@@ -51,7 +51,8 @@ DEFAULT_DATASET = "mnist"
 # Shared defaults [py, seed]; per-dataset ones (sizes, architectures, dims, alpha, beta) live in DATASETS.
 DEFAULTS = {"lr": 0.002, "beta1": 0.5, "batch_size": 100, "max_iter": 50000, "max_step": 20,
             "save_iters": 500, "seed": 1, "data_root": "data", "num_digits": 2, "keep_checkpoints": 5,
-            "data_threads": 0, "device": "auto", "gpu": 0, "amp": "off", "tensorboard": False, **HEAD_DEFAULTS}
+            "data_threads": 0, "device": "auto", "gpu": 0, "amp": "auto", "compile": False, "sync_every": 10,
+            "tensorboard": False, **HEAD_DEFAULTS}
 # Flags that choose what to do or where, never stored as part of the model's configuration.
 RUN_FLAGS = ("resume", "start_iter", "save_dir", "use_lstm", "evaluate", "checkpoint", "eval_clips", "eval_steps")
 
@@ -74,7 +75,7 @@ VALID_VALUES: dict[str, tuple[Callable[[float], bool], str]] = {
     "beta1": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
     "alpha": FINITE_NOT_NEGATIVE, "beta": FINITE_NOT_NEGATIVE,
     **dict.fromkeys(("batch_size", "max_iter", "max_step", "save_iters", "content_dim", "pose_dim", "channels",
-                     "num_digits", *LSTM_COUNTS, "start_iter", "eval_steps"), AT_LEAST_1),
+                     "num_digits", *LSTM_COUNTS, "start_iter", "eval_steps", "sync_every"), AT_LEAST_1),
     "eval_clips": (lambda v: v >= 2, "at least 2 (the evaluation pairs clips)"),
     "keep_checkpoints": NOT_NEGATIVE, "gpu": NOT_NEGATIVE,
     "seed": (lambda v: 0 <= v < 2**32, f"from 0 to {2**32 - 1}"),
@@ -147,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--amp", choices=AMP_MODES, help="bf16 autocast for training and evaluation: auto takes it on "
                                                       "CPUs with AMX or AVX-512 bf16 that pass a start-up check, "
                                                       f"bf16 anywhere it runs ({DEFAULTS['amp']})")
+    run.add_argument("--compile", **boolean, help="compile the networks with torch.compile: a slow first iteration, "
+                                                  "then faster ones where it helps (see README Speed; "
+                                                  f"{DEFAULTS['compile']})")
+    run.add_argument("--sync_every", type=int, help="read the losses from the device every N iterations; between "
+                                                    "reads a GPU runs ahead of Python instead of waiting for it. "
+                                                    "metrics.csv still gets every iteration, and every save reads "
+                                                    f"them first ({DEFAULTS['sync_every']})")
     run.add_argument("--tensorboard", **boolean, help="also write the metrics, pictures and roll-outs as TensorBoard "
                                                       "event files in <run directory>/tensorboard (needs the "
                                                       "tensorboard package)")
@@ -367,6 +375,8 @@ def main(argv: list[str] | None = None) -> None:
             log.setLevel(logging.ERROR)  # rank 0 reports; the others say only what stops them
         per_rank = distributed.per_rank_batch(config["batch_size"], 1 if args.use_lstm else 2)
         precision = pick_precision(config["amp"], device)
+        if config["compile"] and (failure := compile_check()):
+            raise DRNetError(f"--compile True: torch.compile does not work here ({failure}); drop the flag")
         if config["tensorboard"] and tensorboard_missing():
             raise DRNetError(tensorboard_missing())
         with distributed.main_rank_first():  # one process downloads or caches the data, the others read it

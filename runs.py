@@ -250,9 +250,11 @@ def resume(checkpoint: dict, optimizers: dict[str, torch.optim.Optimizer], confi
 
 def load_optimizer(optimizer: torch.optim.Optimizer, state: dict, config: dict) -> None:
     """Restore an optimizer's state, then apply the config's lr and beta1 (flags given when resuming win)."""
-    optimizer.load_state_dict(state)  # this also restores the stored lr and betas
-    for group in optimizer.param_groups:
+    fused = [group.get("fused") for group in optimizer.param_groups]  # what this device supports, not the saver's
+    optimizer.load_state_dict(state)  # this also restores the stored lr, betas and fused setting
+    for group, group_fused in zip(optimizer.param_groups, fused, strict=True):
         group["lr"], group["betas"] = config["lr"], (config["beta1"], group["betas"][1])
+        group["fused"] = group_fused
 
 
 def model_from_checkpoint(checkpoint: dict) -> DRNet:
@@ -337,12 +339,21 @@ class StopOnInterrupt:
             signal.signal(signal.SIGINT, self.previous)
 
 
+def read_losses(pending: list[tuple[int, dict[str, torch.Tensor | float]]]) -> list[tuple[int, dict[str, float]]]:
+    """The metrics of the iterations in `pending` as numbers, copied from the device in one transfer."""
+    names = list(pending[0][1])
+    rows = torch.stack([torch.stack([torch.as_tensor(values[name], dtype=torch.float64) for name in names])
+                        for _, values in pending]).tolist()
+    return [(iteration, dict(zip(names, row, strict=True))) for (iteration, _), row in zip(pending, rows, strict=True)]
+
+
 def run_iterations(config: dict, start: int, stage: str, batches: BatchStream,
                    step: Callable[[torch.Tensor], dict[str, float]], metrics: MetricsLog | None,
                    save: Callable[[int, torch.Tensor | list[torch.Tensor]], None] | None, resume_flags: str) -> None:
     """The loop both stages share: progress bar with ETA, a metrics row per iteration, periodic saves, and
     a clean stop on Ctrl-C that saves the last whole iteration. `save` gets the data state after a batch
-    (every rank's, in a run of several processes: `distributed.gather_states`).
+    (every rank's, in a run of several processes: `distributed.gather_states`). `step` returns its metrics as
+    numbers or as tensors still on the device; they are read every `config['sync_every']` iterations.
 
     In a run of several processes the metrics are means over ranks and every rank stops at the same
     iteration; ranks other than 0 pass no `metrics` and no `save` (they write nothing) and show no progress bar.
@@ -352,22 +363,30 @@ def run_iterations(config: dict, start: int, stage: str, batches: BatchStream,
     """
     progress = tqdm(range(start + 1, config["max_iter"] + 1), initial=start, total=config["max_iter"],
                     desc=stage, dynamic_ncols=True, disable=config.get("quiet", False) or not distributed.is_main())
-    began, done, watch = time.perf_counter(), 0, LossWatch()
+    began, done, watch, pending = time.perf_counter(), 0, LossWatch(), []
     with StopOnInterrupt() as interrupt, progress, batches:
         for iteration in progress:
             batch, data_state = next(batches)
             values, stop = distributed.agree(step(batch), interrupt.requested)
-            if not all(math.isfinite(v) for v in values.values()):
-                raise DRNetError(f"{stage} stopped at iteration {iteration}: the loss is not finite ("
-                                 f"{', '.join(f'{name} {value:.4g}' for name, value in values.items())}); "
-                                 f"{kept_checkpoint(Path(config['run_dir']))}; try a lower --lr")
-            for warning in watch.check(iteration, values):
-                log.warning(warning)
-            if metrics is not None:
-                metrics.append(iteration, values)
+            pending.append((iteration, values))
             done += 1
-            progress.set_postfix({name: f"{value:.4g}" for name, value in values.items()}, refresh=False)
-            if iteration % config["save_iters"] == 0 or iteration == config["max_iter"] or stop:
+            save_now = iteration % config["save_iters"] == 0 or iteration == config["max_iter"] or stop
+            # Reading a loss makes the host wait for the device; reading several iterations' losses at once
+            # lets a GPU run ahead of Python in between. Every save reads them first, so no checkpoint
+            # follows a non-finite loss.
+            if save_now or len(pending) >= config.get("sync_every", 1):
+                for read_iteration, read_values in read_losses(pending):
+                    if not all(math.isfinite(v) for v in read_values.values()):
+                        raise DRNetError(f"{stage} stopped at iteration {read_iteration}: the loss is not finite ("
+                                         + ", ".join(f"{name} {value:.4g}" for name, value in read_values.items())
+                                         + f"); {kept_checkpoint(Path(config['run_dir']))}; try a lower --lr")
+                    for warning in watch.check(read_iteration, read_values):
+                        log.warning(warning)
+                    if metrics is not None:
+                        metrics.append(read_iteration, read_values)
+                pending = []
+                progress.set_postfix({name: f"{value:.4g}" for name, value in read_values.items()}, refresh=False)
+            if save_now:
                 data_states = distributed.gather_states(data_state)  # every rank takes part, rank 0 saves
                 try:
                     if save is not None:

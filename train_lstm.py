@@ -24,7 +24,7 @@ from board import Board
 from datasets import ClipDataset
 from datasets.moving_mnist import MovingMNIST
 from datasets.prefetch import BatchStream
-from precision import FP32, Precision, autocast
+from precision import FP32, Precision, adam, autocast, compile_networks
 from predictor import DRNetPredictor, PoseLSTM
 from runs import (
     checkpoint_path,
@@ -60,8 +60,9 @@ def teacher_forced_loss(lstm: PoseLSTM, h_c: torch.Tensor, h_p: torch.Tensor) ->
     return F.mse_loss(predicted, target)
 
 
-def lstm_step(model: DRNetPredictor, optimizer: torch.optim.Optimizer, clips: torch.Tensor, n_past: int) -> float:
-    """One LSTM update on clips (B, n_past + n_future, C, H, W); the DRNET only encodes. Returns the MSE."""
+def lstm_step(model: DRNetPredictor, optimizer: torch.optim.Optimizer, clips: torch.Tensor, n_past: int
+              ) -> torch.Tensor:
+    """One LSTM update on clips (B, n_past + n_future, C, H, W); the DRNET only encodes. Returns the MSE, detached."""
     with torch.no_grad():  # the DRNET is frozen: its vectors are fixed inputs and targets
         content = model.encode_content(clips[:, n_past - 1]).h
         poses = model.encode_pose_sequence(clips)
@@ -70,7 +71,7 @@ def lstm_step(model: DRNetPredictor, optimizer: torch.optim.Optimizer, clips: to
     loss.backward()
     distributed.average_gradients(optimizer)  # several processes: the gradient of the global batch
     optimizer.step()
-    return loss.item()
+    return loss.detach()
 
 
 def freeze_drnet(model: DRNetPredictor) -> None:
@@ -227,12 +228,14 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
     torch.manual_seed(config["seed"])  # the same on every rank: equal initial weights
     model = predictor_on(checkpoint, config).to(device)
     freeze_drnet(model)
-    optimizer = torch.optim.Adam(model.lstm.parameters(), lr=config["lr"], betas=(config["beta1"], 0.999))
+    optimizer = adam(model.lstm.parameters(), config["lr"], config["beta1"])
     start = 0
     if config["resume_from"] is not None:
         start = resume(checkpoint, {"lstm": optimizer}, config, generator)
     else:
         log.info("frozen DRNET from %s", config["drnet_checkpoint"])
+    if config.get("compile"):
+        compile_networks(model)
     train_set, test_set = data
     if isinstance(train_set, MovingMNIST) and device.type != "cpu":
         train_set.render_on(device)  # 20-frame clips take the CPU longer to render than a GPU step
@@ -241,9 +244,9 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
 
     batch_size = distributed.per_rank_batch(config["batch_size"], 1)
     batches = BatchStream(lambda g: train_set.sequence_batch(batch_size, n_past + n_future, g), generator,
-                          config["data_threads"])
+                          config["data_threads"], pin_memory=device.type == "cuda")
 
-    def step(clips: torch.Tensor) -> dict[str, float]:
+    def step(clips: torch.Tensor) -> dict[str, torch.Tensor]:
         with autocast(precision, device):
             return {"mse": lstm_step(model, optimizer, clips.to(device, non_blocking=True), n_past)}
 

@@ -31,16 +31,17 @@ class BatchStream:
     """Yields (batch, generator state after it) from `draw(generator)`, up to `ahead` (<= MAX_AHEAD) ahead.
 
     With `ahead` 0 each batch is drawn when asked for, in the calling thread. Use as a context manager,
-    so that the thread stops when training does.
+    so that the thread stops when training does. With `pin_memory`, batches drawn on the CPU are copied to
+    page-locked memory (on the thread, where there is one), from which a copy to a GPU runs asynchronously.
     """
 
     def __init__(self, draw: Callable[[torch.Generator], torch.Tensor], generator: torch.Generator,
-                 ahead: int) -> None:
+                 ahead: int, pin_memory: bool = False) -> None:
         if ahead < 0:
             raise ValueError(f"ahead must not be negative, got {ahead}")
         if ahead > MAX_AHEAD:
             raise ValueError(f"ahead must be at most {MAX_AHEAD}, got {ahead}")
-        self._draw, self._generator = draw, generator
+        self._draw, self._generator, self._pin = draw, generator, pin_memory
         self._ready: queue.Queue = queue.Queue(maxsize=max(ahead, 1))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._fill, name="drnet-batches", daemon=True) if ahead else None
@@ -50,6 +51,8 @@ class BatchStream:
     def _next_drawn(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw one batch and note the generator state after it."""
         batch = self._draw(self._generator)
+        if self._pin and batch.device.type == "cpu":
+            batch = batch.pin_memory()
         return batch, self._generator.get_state()
 
     def _fill(self) -> None:

@@ -18,6 +18,15 @@ def one_thread():
 
 
 @pytest.fixture(autouse=True)
+def fp32_by_default(monkeypatch):
+    """`--amp auto` (the default) sees a CPU without native bf16, so in-process runs compute in fp32 on every
+    machine; the tests of the bf16 decision give their CPU flags explicitly or patch this again."""
+    import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: frozenset())
+
+
+@pytest.fixture(autouse=True)
 def few_periodic_swaps(monkeypatch):
     """In-process runs save every iteration: 16 content-transfer swaps per save instead of 200 keep them fast."""
     import train_drnet

@@ -76,7 +76,8 @@ def drnet_step(part: slice) -> dict:
         patch.setattr(train_drnet, "discriminator_pairs", pairs_in_fours)
         losses = train_drnet.train_step(model, optimizers, frames[:, part], 1.0, 0.1, torch.Generator())
     kinds = sorted({type(m).__name__ for m in model.modules() if "BatchNorm" in type(m).__name__})
-    return {"before": before, "after": float_state(model), "losses": losses, "batchnorms": kinds}
+    return {"before": before, "after": float_state(model), "losses": {k: v.item() for k, v in losses.items()},
+            "batchnorms": kinds}
 
 
 def lstm_step_of(part: slice) -> dict:

@@ -341,6 +341,7 @@ def test_data_threads_is_bounded(tmp_path, data_root, capsys):
     (["--seed", "-1"], "--seed must be from 0 to 4294967295, got -1"),
     (["--keep_checkpoints", "-2"], "--keep_checkpoints must be at least 0, got -2"),
     (["--start_iter", "-3"], "--start_iter must be at least 1, got -3"),
+    (["--sync_every", "0"], "--sync_every must be at least 1, got 0"),
     (["--device", "cuda"], "--device cuda was asked for, but PyTorch sees no CUDA GPU"),
     (["--device", "mps"], "--device mps was asked for, but MPS is not available"),
     (["--dataset", "norb"], "norb"),

@@ -1,13 +1,16 @@
 """KTH conversion and loading on the tiny synthetic KTH of kth_fakes.py (the download: test_kth_download.py).
 
 The fake frames say in their pixels which video and frame they are (see kth_fakes.py), so the tests
-below can tell from a loaded batch where every image came from.
+below can tell from a loaded batch where every image came from. Batches decoded on several threads are
+checked against frames read one by one, as the loader did before it decoded in parallel.
 """
 
 import json
+import multiprocessing
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,7 @@ from PIL import Image
 from datasets import convert_kth
 from datasets.convert_kth import convert_kth as run_conversion
 from datasets.convert_kth import parse_sequence_file, zero_based_segments
-from datasets.kth import KTHClips
+from datasets.kth import KTHClips, missing_data_error
 from utils import DRNetError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -262,6 +265,109 @@ def test_loader_rejects_colour_and_unknown_split(converted: Path) -> None:
         KTHClips(str(converted), "train", SIZE, 3, max_step=10)
     with pytest.raises(DRNetError, match="unknown KTH split"):
         KTHClips(str(converted), "val", SIZE, 1, max_step=10)
+    with pytest.raises(DRNetError, match="decode_threads must be positive, got 0"):
+        KTHClips(str(converted), "train", SIZE, 1, max_step=10, decode_threads=0)
+
+
+def read_one_by_one(clips: KTHClips, videos: list[int], frames: torch.Tensor) -> torch.Tensor:
+    """The loader's frame reading before parallel decoding: each frame from its file, in order, in this thread."""
+    pixels = np.stack([np.stack([clips._read_frame(video, int(index)) for index in row])
+                       for video, row in zip(videos, frames, strict=True)])
+    return torch.from_numpy(pixels).unsqueeze(2).float().div_(255)
+
+
+def one_by_one(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> KTHClips:
+    """A train loader without cache that reads as the loader did before parallel decoding: the reference."""
+    clips = KTHClips(str(data_root), "train", SIZE, 1, max_step=4, cache_frames=0)
+    monkeypatch.setattr(clips, "_gather", lambda videos, frames: read_one_by_one(clips, videos, frames))
+    return clips
+
+
+def draw_all(clips: KTHClips, seed: int) -> list[torch.Tensor]:
+    """A DRNET, a sequence and a probe batch from one generator, and the generator's state after them."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = [clips.drnet_batch(50, generator), clips.sequence_batch(10, 8, generator),
+               clips.probe_batch(20, generator).frames]
+    return [*batches, generator.get_state()]
+
+
+@pytest.mark.parametrize("cache_frames", [0, 16, 1000])
+def test_parallel_decoding_gives_the_batches_of_one_thread(
+    converted: Path, monkeypatch: pytest.MonkeyPatch, cache_frames: int
+) -> None:
+    reference = one_by_one(converted, monkeypatch)
+    serial = KTHClips(str(converted), "train", SIZE, 1, max_step=4, cache_frames=cache_frames, decode_threads=1)
+    parallel = KTHClips(str(converted), "train", SIZE, 1, max_step=4, cache_frames=cache_frames, decode_threads=4)
+    read, decoded_on = parallel._read_frame, set()
+
+    def noting_thread(video: int, index: int) -> np.ndarray:
+        decoded_on.add(threading.current_thread().name)
+        return read(video, index)
+
+    monkeypatch.setattr(parallel, "_read_frame", noting_thread)
+    for seed in range(3):  # later seeds find frames in the cache (when it has room) and evict some (16)
+        expected = draw_all(reference, seed)
+        for clips in (serial, parallel):
+            assert all(torch.equal(got, want) for got, want in zip(draw_all(clips, seed), expected, strict=True))
+    # Read on several of the pool's threads (a batch's one missing frame is read by the thread that draws).
+    assert len({name for name in decoded_on if name.startswith("kth-decode-4_")}) > 1
+    assert len(parallel._cache) <= cache_frames
+
+
+def test_a_broken_frame_gives_the_error_of_one_thread(
+    converted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(converted / "processed", tmp_path / "processed")
+    frames = tmp_path / "processed" / str(SIZE)
+    truncated, missing = frames / "person01_boxing_d1" / "00005.png", frames / "person02_walking_d2" / "00003.png"
+    intact = truncated.read_bytes()
+    truncated.write_bytes(intact[: len(intact) // 2])
+    missing.unlink()
+    loaders = [one_by_one(tmp_path, monkeypatch)] + [
+        KTHClips(str(tmp_path), "train", SIZE, 1, max_step=4, cache_frames=cache, decode_threads=threads)
+        for threads, cache in [(1, 0), (4, 0), (4, 1000)]
+    ]
+    errors = []
+    for clips in loaders:  # 200 clips reach every frame (test_drnet_frames_stay_in_one_window_of_one_segment)
+        with pytest.raises(DRNetError) as error:
+            clips.drnet_batch(200, torch.Generator().manual_seed(1))
+        errors.append(str(error.value))
+    # The first broken file in the batch's order, whichever thread meets it first.
+    assert errors[1:] == errors[:1] * 3
+    assert (errors[0].startswith(f"cannot read KTH frame {truncated}: ")
+            or errors[0] == str(missing_data_error(str(tmp_path), SIZE, f"{missing} not found")))
+    # A failed read is not cached: repaired files are read again.
+    truncated.write_bytes(intact)
+    shutil.copy(converted / "processed" / str(SIZE) / missing.parent.name / missing.name, missing)
+    assert torch.equal(loaders[3].drnet_batch(200, torch.Generator().manual_seed(1)),
+                       loaders[0].drnet_batch(200, torch.Generator().manual_seed(1)))
+
+
+def test_loaders_share_the_decode_threads(converted: Path) -> None:
+    for _ in range(10):  # as the tests and evaluations do: many loaders, none closed
+        clips = KTHClips(str(converted), "train", SIZE, 1, max_step=4, cache_frames=0, decode_threads=3)
+        clips.drnet_batch(30, torch.Generator().manual_seed(0))
+    assert 1 <= sum(thread.name.startswith("kth-decode-3_") for thread in threading.enumerate()) <= 3
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork here")
+def test_a_forked_process_decodes_on_threads_of_its_own(converted: Path) -> None:
+    clips = KTHClips(str(converted), "train", SIZE, 1, max_step=4, cache_frames=0, decode_threads=2)
+    expected = clips.drnet_batch(30, torch.Generator().manual_seed(0))  # the parent's pool now has threads
+
+    def draw_again() -> None:
+        # The parent's pool threads do not exist in the child: an inherited pool would wait for them forever.
+        # (torch runs one thread in the tests, see conftest.py: its OpenMP threads have the same problem.)
+        if not torch.equal(clips.drnet_batch(30, torch.Generator().manual_seed(0)), expected):
+            raise SystemExit(3)
+
+    child = multiprocessing.get_context("fork").Process(target=draw_again)
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        child.join()
+    assert child.exitcode == 0
 
 
 # ---- download ----
