@@ -8,8 +8,9 @@
 Speed claims hold for one machine only, so every figure comes from this one run, and the table names the CPU
 and its bf16 features. "reference" does per iteration what the authors' drnet-py train_drnet.py does (written
 here, with our networks): two extra pose passes for the scene discriminator, graphs built for x_c2 and x_p2
-only to be detached, PyTorch's default Adam (one update per tensor) and its losses read every iteration. "ours"
-is what main.py does by default; each other variant changes one or two things. A variant's time is the mean
+only to be detached, PyTorch's default Adam (one update per tensor on a CPU) and its losses read every
+iteration. "ours" is main.py's step in fp32 (on a CPU with AMX, `--amp auto` runs "ours, bf16 +
+channels_last"); each other variant changes one or two things. A variant's time is the mean
 over its timed iterations, measured from an idle device to an idle device (a GPU may run ahead in between).
 bf16 variants are skipped where `--amp auto` would not use bf16 (no AMX or AVX-512 bf16: emulated bf16 is
 several times slower than fp32), and "ours, compile" runs only when named with --variants. Each variant runs
@@ -38,7 +39,7 @@ VARIANTS = {
     "reference": {"authors": True, "read_every": 1, "fused_adam": False},
     "ours": {},
     "ours, losses read every iteration": {"read_every": 1},
-    "ours, Adam per tensor": {"fused_adam": False},
+    "ours, PyTorch's default Adam": {"fused_adam": False},
     "ours, channels_last": {"channels_last": True},
     "ours, bf16": {"bf16": True},
     "ours, bf16 + channels_last": {"bf16": True, "channels_last": True},
