@@ -146,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="where to train (auto)")
     run.add_argument("--gpu", type=int, help="CUDA device number (0)")
     run.add_argument("--amp", choices=AMP_MODES, help="bf16 autocast for training and evaluation: auto takes it on "
-                                                      "CPUs with AMX or AVX-512 bf16 that pass a start-up check, "
-                                                      f"bf16 anywhere it runs ({DEFAULTS['amp']})")
+                                                      "CPUs with AMX or AVX-512 bf16 that pass a start-up check "
+                                                      "(fp32 elsewhere; the log says why), off is fp32, bf16 forces "
+                                                      f"it wherever it runs ({DEFAULTS['amp']})")
     run.add_argument("--compile", **boolean, help="compile the networks with torch.compile: a slow first iteration, "
                                                   "then faster ones where it helps (see README Speed; "
                                                   f"{DEFAULTS['compile']})")

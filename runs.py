@@ -348,7 +348,7 @@ def read_losses(pending: list[tuple[int, dict[str, torch.Tensor | float]]]) -> l
 
 
 def run_iterations(config: dict, start: int, stage: str, batches: BatchStream,
-                   step: Callable[[torch.Tensor], dict[str, float]], metrics: MetricsLog | None,
+                   step: Callable[[torch.Tensor], dict[str, torch.Tensor | float]], metrics: MetricsLog | None,
                    save: Callable[[int, torch.Tensor | list[torch.Tensor]], None] | None, resume_flags: str) -> None:
     """The loop both stages share: progress bar with ETA, a metrics row per iteration, periodic saves, and
     a clean stop on Ctrl-C that saves the last whole iteration. `save` gets the data state after a batch
