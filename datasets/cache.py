@@ -27,16 +27,25 @@ class FrameCache(Generic[Frame]):
 
     def get(self, key: Hashable, load: Callable[[], Frame]) -> Frame:
         """The frame under `key`, loaded with `load()` the first time and after it has been evicted."""
+        frame = self.lookup(key)
+        if frame is None:
+            frame = load()
+            self.put(key, frame)
+        return frame
+
+    def lookup(self, key: Hashable) -> Frame | None:
+        """The frame under `key`, marked as just used, or None if it is not kept."""
         frame = self._frames.get(key)
         if frame is not None:
             self._frames.move_to_end(key)
-            return frame
-        frame = load()
+        return frame
+
+    def put(self, key: Hashable, frame: Frame) -> None:
+        """Keep `frame` under `key`, evicting the least recently used frame beyond the capacity."""
         if self.capacity > 0:
             self._frames[key] = frame
             if len(self._frames) > self.capacity:
                 self._frames.popitem(last=False)
-        return frame
 
     def __len__(self) -> int:
         return len(self._frames)

@@ -82,15 +82,6 @@ if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
     os.register_at_fork(after_in_child=_forget_pools)
 
 
-class _NotCached(Exception):
-    """Raised by `_not_cached` to look a frame up in the cache without loading (nor inserting) it."""
-
-
-def _not_cached() -> np.ndarray:
-    """The `load` of a cache look-up that must not load: FrameCache.get inserts nothing when it raises."""
-    raise _NotCached
-
-
 def processed_dir(data_root: str | Path, image_size: int) -> Path:
     """The folder holding the frames and the index for one image size."""
     return Path(data_root) / "processed" / str(image_size)
@@ -219,10 +210,11 @@ class KTHClips:
         frames: dict[tuple[int, int], np.ndarray] = {}
         missing: list[tuple[int, int]] = []
         for key in dict.fromkeys(keys):  # a frame drawn twice in a batch is read once
-            try:
-                frames[key] = self._cache.get(key, _not_cached)
-            except _NotCached:
+            frame = self._cache.lookup(key)
+            if frame is None:
                 missing.append(key)
+            else:
+                frames[key] = frame
         decoded: Iterable[np.ndarray]
         if self.decode_threads > 1 and len(missing) > 1:
             # Runs of frames, not a task per frame: each task costs hand-overs of the GIL, which on a busy
@@ -235,7 +227,8 @@ class KTHClips:
         else:
             decoded = self._read_frames(missing)
         for key, frame in zip(missing, decoded, strict=True):
-            frames[key] = self._cache.get(key, lambda frame=frame: frame)  # a miss: stores `frame`
+            self._cache.put(key, frame)
+            frames[key] = frame
         return frames
 
     def _read_frames(self, keys: list[tuple[int, int]]) -> list[np.ndarray]:
