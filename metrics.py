@@ -10,6 +10,14 @@ SSIM follows Wang et al. 2004 and is numerically the same as scikit-image's
 data_range=1.0, channel_axis=0)``: an 11-tap Gaussian window (sigma 1.5), population
 statistics, K1=0.01, K2=0.03, the SSIM map averaged only over positions where the whole window
 fits inside the image, then averaged over channels.
+
+``ssim_openstl`` is the SSIM behind OpenSTL's published tables: OpenSTL's ``metric`` calls scikit-image's
+``structural_similarity`` on float frames without ``data_range``, which scikit-image <= 0.19 filled in from
+the dtype (2 for floats, taken to span [-1, 1]) with its defaults of then: a 7x7 uniform window and the
+sample covariance (N / (N - 1)). scikit-image >= 0.20 refuses float images without ``data_range``, so the
+same figure today is ``structural_similarity(..., win_size=7, gaussian_weights=False, data_range=2,
+use_sample_covariance=True, channel_axis=0)``. A range of 2 makes the stabilising constants C1 and C2 four
+times larger than for frames in [0, 1], so on the same frames it reads higher than ``ssim``.
 """
 
 from collections.abc import Callable
@@ -21,6 +29,7 @@ SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
+OPENSTL_WINDOW, OPENSTL_DATA_RANGE = 7, 2.0  # scikit-image <= 0.19 on float frames without data_range
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -69,16 +78,33 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> t
     """Mean structural similarity per image (Wang et al. 2004), shaped like the leading dims."""
     _check_pair(pred, target)
     with torch.autocast(pred.device.type, enabled=False):  # under --amp the filters would otherwise run in bf16
-        return _ssim(_fp32(pred), _fp32(target), data_range)
+        pred, target = _fp32(pred), _fp32(target)
+        return _ssim(pred, target, data_range, _gaussian_window(pred.dtype, pred.device), 1.0)
 
 
-def _ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float) -> torch.Tensor:
-    """SSIM of two checked image stacks in at least fp32."""
+def ssim_openstl(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SSIM per image as OpenSTL's tables report it: 7x7 uniform window, data range 2, sample covariance.
+
+    Like OpenSTL, the prediction is clipped to [0, 1] first (the target is not).
+    """
+    _check_pair(pred, target)
+    with torch.autocast(pred.device.type, enabled=False):
+        pred, target = _fp32(pred).clamp(0, 1), _fp32(target)
+        taps = torch.full((OPENSTL_WINDOW,), 1 / OPENSTL_WINDOW, dtype=pred.dtype, device=pred.device)
+        points = OPENSTL_WINDOW**2
+        return _ssim(pred, target, OPENSTL_DATA_RANGE, taps, points / (points - 1))
+
+
+def _ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float, taps: torch.Tensor,
+          cov_norm: float) -> torch.Tensor:
+    """SSIM of two checked image stacks in at least fp32 with a separable window of 1-D `taps`.
+
+    `cov_norm` scales the local (co)variances: 1 for population statistics, N / (N - 1) for sample ones.
+    """
+    window = len(taps)
     *lead, channels, height, width = pred.shape
-    if height < SSIM_WINDOW or width < SSIM_WINDOW:
-        raise ValueError(
-            f"SSIM needs images at least {SSIM_WINDOW}x{SSIM_WINDOW} (its window size), got {height}x{width}"
-        )
+    if height < window or width < window:
+        raise ValueError(f"SSIM needs images at least {window}x{window} (its window size), got {height}x{width}")
     x = pred.reshape(-1, 1, height, width)
     y = target.reshape(-1, 1, height, width)
     # SSIM is invariant to adding the same constant to both images, but the variance estimate
@@ -94,15 +120,13 @@ def _ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float) -> torch.
     # 'valid' convolution (no padding) yields exactly the interior that scikit-image averages
     # after cropping half a window from each border, so padding never affects the result.
     stats = torch.cat([x, y, x * x, y * y, x * y], dim=0)
-    taps = _gaussian_window(stats.dtype, stats.device)
-    stats = F.conv2d(stats, taps.view(1, 1, 1, SSIM_WINDOW))
-    stats = F.conv2d(stats, taps.view(1, 1, SSIM_WINDOW, 1))
+    stats = F.conv2d(stats, taps.view(1, 1, 1, window))
+    stats = F.conv2d(stats, taps.view(1, 1, window, 1))
     mu_x, mu_y, e_xx, e_yy, e_xy = stats.chunk(5, dim=0)
 
-    # Population (not sample) covariances, as in the paper.
-    var_x = e_xx - mu_x * mu_x
-    var_y = e_yy - mu_y * mu_y
-    cov_xy = e_xy - mu_x * mu_y
+    var_x = cov_norm * (e_xx - mu_x * mu_x)
+    var_y = cov_norm * (e_yy - mu_y * mu_y)
+    cov_xy = cov_norm * (e_xy - mu_x * mu_y)
     mu_x = mu_x + offset
     mu_y = mu_y + offset
 

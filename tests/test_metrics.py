@@ -194,3 +194,25 @@ def test_per_step_rejects_non_sequences():
     x = torch.rand(4, 3, 16, 16)
     with pytest.raises(ValueError, match="B, T, C, H, W"):
         metrics.per_step(metrics.mse, x, x)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_ssim_openstl_matches_skimage_legacy_float_defaults(channels: int):
+    # OpenSTL calls structural_similarity on float frames without data_range; scikit-image <= 0.19 then used a
+    # 7x7 uniform window, sample covariance and the float dtype's range 2. Today those settings are explicit.
+    target = _structured(3, channels, 32, 40)
+    pred = torch.cat([_noisy(target[:2], 0.15, seed=1), 1 - target[2:]])
+    expected = np.array([structural_similarity(p, t, win_size=7, gaussian_weights=False, data_range=2,
+                                               use_sample_covariance=True, channel_axis=0)
+                         for p, t in zip(pred.numpy(), target.numpy(), strict=True)])
+    ours = metrics.ssim_openstl(pred.float(), target.float())
+    np.testing.assert_allclose(ours.double().numpy(), expected, rtol=0, atol=2e-6)
+    assert torch.all(ours > metrics.ssim(pred.float(), target.float()))  # range 2: larger constants, higher SSIM
+
+
+def test_ssim_openstl_clips_the_prediction_like_openstl():
+    target = _structured(1, 1, 16, 16)
+    over = target + 0.5  # clipped to [0, 1] before scoring, as OpenSTL's metric does
+    torch.testing.assert_close(metrics.ssim_openstl(over, target), metrics.ssim_openstl(over.clamp(0, 1), target))
+    with pytest.raises(ValueError, match="at least 7x7"):
+        metrics.ssim_openstl(torch.rand(1, 1, 6, 9), torch.rand(1, 1, 6, 9))
