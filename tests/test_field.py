@@ -169,9 +169,13 @@ def test_lpips_is_scored_when_it_loads_and_skipped_in_one_line_when_its_weights_
         raise RuntimeError("Downloading: alexnet-owt-7be5be79.pth\n<urlopen error [Errno -3] name resolution>")
 
     monkeypatch.setitem(sys.modules, "lpips", SimpleNamespace(LPIPS=no_weights))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # the weights' place follows torch's cache
     results = benchmark_results(BlankPredictor(), config, None, 2, torch.Generator(), evaluate.FRAME_METRICS, CPU)
-    assert results["skipped"]["lpips"] == ("LPIPS weights did not load (RuntimeError: <urlopen error [Errno -3] "
-                                           "name resolution>)")
+    weights = tmp_path / "torch" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    assert results["skipped"]["lpips"] == (
+        "LPIPS weights did not load (RuntimeError: <urlopen error [Errno -3] name resolution>); offline, copy "
+        f"{weights} from a machine where `python -c \"import lpips; lpips.LPIPS(net='alex')\"` has run (its own "
+        "linear layers come with the lpips package)")
     assert "lpips" not in results["moving_mnist_10_to_10"]
 
 
