@@ -1,7 +1,7 @@
 """Demo without training: `python demo.py` shows what a trained Moving MNIST DRNET does, in under a minute.
 
 From a trained model (by default the half-precision one shipped in saved_results/) it writes, into
-`--out` (demo/):
+`--out` (demo/ in the current folder; git ignores the checkout's demo/), and then lists:
 - analogy.png: row i renders clip i's first frame (left) in every pose of the clip on top;
 - swaps.png: content A | pose B | the model's rendering | the ground truth (A's digits on B's trajectory),
   and prints the content transfer over 200 such swaps (0: content ignored, 1: perfect; see transfer.py);
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1, help="which test clips are shown (1)")
     args = parser.parse_args(argv)
     log = setup_logging()
-    began = time.perf_counter()
+    began, started = time.perf_counter(), time.time() - 1  # a second early: file times may be rounded down
     try:
         if args.frames < 1 or args.n_past < 1:
             raise DRNetError(f"--frames and --n_past must be at least 1, got {args.frames} and {args.n_past}")
@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     print(f"content transfer {results['content_transfer']:.3f} over {SWAP_CLIPS} test swaps (swap MSE "
           f"{results['swap_mse']:.4f}; with another clip's content {results['swap_mse_other_content']:.4f})")
-    print(f"pictures in {args.out}/ ({time.perf_counter() - began:.0f} s)")
+    written = sorted(path.name for path in args.out.iterdir() if path.is_file() and path.stat().st_mtime >= started)
+    print(f"wrote {', '.join(written)} in {args.out}/ ({time.perf_counter() - began:.0f} s)")
 
 
 if __name__ == "__main__":
