@@ -11,8 +11,11 @@ from utils import DRNetError
 dependencies = ["torch", "torchvision"]  # torch.hub checks that these import before it calls an entry point
 
 
-def drnet(checkpoint: str, device: str = "cpu") -> DRNet:
+def drnet(checkpoint: str | None = None, device: str = "cpu") -> DRNet:
     """The model of a checkpoint file: a run's checkpoint.pt, checkpoints/iter_N.pt or a half-precision export."""
+    if checkpoint is None:  # a default, so that forgetting it is this line rather than a TypeError about arguments
+        raise DRNetError('the "drnet" entry point loads a checkpoint file: pass checkpoint="runs/mnist/checkpoint.pt" '
+                         '(any run\'s checkpoint.pt), or load "drnet_mnist" for the shipped model')
     return load_model(checkpoint, device)
 
 

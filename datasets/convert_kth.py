@@ -44,6 +44,11 @@ from pathlib import Path
 import imageio_ffmpeg
 from tqdm import tqdm
 
+# Run by path (`python datasets/convert_kth.py`), Python puts datasets/ first on the path: the imports below need the
+# repository there instead (`python -m datasets.convert_kth` does that already).
+if __name__ == "__main__" and not __package__:
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
 from datasets.kth import FRAME_FILE, IMAGE_SIZES, INDEX_FILE, processed_dir
 from datasets.kth_download import KTH_CLASSES, SEQUENCE_FILE
 from utils import DRNetError

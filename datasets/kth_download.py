@@ -26,6 +26,11 @@ from urllib.request import Request, urlopen
 
 from tqdm import tqdm
 
+# Run by path (`python datasets/kth_download.py`), Python puts datasets/ first on the path: the imports below need the
+# repository there instead (`python -m datasets.kth_download` does that already).
+if __name__ == "__main__" and not __package__:
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
 from utils import DRNetError, report_errors
 
 KTH_URL = "http://www.csc.kth.se/cvap/actions/"

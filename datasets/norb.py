@@ -45,6 +45,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# Run by path (`python datasets/norb.py`), Python puts datasets/ first on the path: the imports below need the
+# repository there instead (`python -m datasets.norb` does that already).
+if __name__ == "__main__" and not __package__:
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
 from datasets.cyclic import CyclicClips
 from utils import DRNetError, report_errors
 
