@@ -1,13 +1,15 @@
 """Evaluation of a trained checkpoint: `python main.py --evaluate [--checkpoint PATH]` (issues 4 and 9).
 
-Everything is written to `eval/` beside the checkpoint: `metrics.json`, `summary.txt` (the table that
-is also printed), `swap_examples.png` (Moving MNIST) and `prediction_curves.png` (pose LSTM). Every
+Everything is written to `--eval_dir` (default `eval/` beside the checkpoint): `metrics.json`,
+`summary.txt` (the table that is also printed), `swap_examples.png` (Moving MNIST) and
+`prediction_curves.png` (pose LSTM). Long parts show a progress bar on a terminal. Every
 random draw comes from a torch generator seeded from the evaluation seed (one stream per part, so
 resizing one part never shifts another's clips) and every scikit-learn probe is deterministic, so the
 same checkpoint and seed give the same numbers, bit for bit on the CPU.
 
 metrics.json holds the run's provenance (checkpoint, kind, iteration, dataset, seed, max_step,
-eval_clips, eval_steps), a `skipped` map (part -> why it did not run) and one section per part:
+eval_clips, eval_steps, prediction_clips: the clips rolled out, at most PREDICTION_CLIPS), a `skipped` map
+(part -> why it did not run) and one section per part:
 - swap (Moving MNIST; see transfer.py): swap_mse is the error of D(E_c(A_0), E_p(B_t)) against A's digits
   drawn on B's trajectory at t; swap_mse_other_content the same with the content of a third clip C,
   swap_mse_mean_content with the mean content, swap_mse_pose_frame the trivial answer B_t (right places,
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -50,6 +53,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from benchmark import benchmark_results, table_rows
 from datasets import ClipDataset
@@ -182,7 +186,7 @@ def train_fresh_discriminator(features: torch.Tensor, seed: int, steps: int = FR
     num_clips, num_frames = features.shape[:2]
     batch = min(FRESH_BATCH, num_clips)
     with one_thread(), torch.enable_grad():
-        for _ in range(steps):
+        for _ in tqdm(range(steps), desc="fresh discriminator", disable=None, leave=False):  # on a terminal
             chosen = torch.randperm(num_clips, generator=generator)[:batch]
             # Two different frames of each chosen clip: the same-clip pairs vary from step to step.
             first = torch.randint(num_frames, (batch,), generator=generator)
@@ -237,7 +241,7 @@ def prediction_metrics(model: DRNetPredictor, dataset: ClipDataset, n_clips: int
                        channels: slice, generator: torch.Generator, device: torch.device) -> dict[str, list[float]]:
     """Per-step MSE, PSNR, SSIM over `channels` of `model.predict`, the decoder on true poses and the last frame."""
     totals = {prefix + name: torch.zeros(n_future, dtype=torch.float64) for prefix in ANSWERS for name in FRAME_METRICS}
-    for start in range(0, n_clips, PREDICTION_BATCH):
+    for start in tqdm(range(0, n_clips, PREDICTION_BATCH), desc="prediction", disable=None, leave=False):
         size = min(PREDICTION_BATCH, n_clips - start)
         clips = dataset.sequence_batch(size, n_past + n_future, generator)
         past, future = clips[:, :n_past], clips[:, n_past:]
@@ -321,19 +325,26 @@ def format_table(results: dict) -> str:
     benchmark = results.get("benchmark", {})
     for what, value, reference in table_rows(benchmark):
         add("benchmark", what, value, reference)
-    head = (f"DRNET evaluation of {results['checkpoint']} (iteration {results['iteration']}, {results['dataset']}, "
-            f"{results['eval_clips']} clips, seed {results['seed']})")
+    stage = {"drnet": "DRNET", "lstm": "pose-LSTM"}[results["kind"]]
+    head = (f"DRNET evaluation of {results['checkpoint']} ({stage} stage, iteration {results['iteration']}; "
+            f"{results['dataset']}, seed {results['seed']}; clips per part: " + ", ".join(
+                [f"{part} {results['eval_clips']}" for part in ("swap", "content", "reconstruction", "leakage",
+                                                                "probes") if part in results]
+                + [f"prediction {results['prediction_clips']}"] * ("prediction" in results)
+                + [f"{part} {scores['clips']}" for part, scores in benchmark.items() if part != "skipped"]) + ")")
     skipped = [f"skipped {part}: {why}" for part, why in results["skipped"].items()]
     skipped += [f"skipped benchmark {part}: {why}" for part, why in benchmark.get("skipped", {}).items()]
     return "\n".join([head, f"{'part':<15}{'metric':<38}{'value':>10}  reference", *rows, *skipped])
 
 
-def evaluate(checkpoint: str | Path, overrides: dict, device: torch.device, stored: dict | None = None) -> dict:
-    """Evaluate a checkpoint, write eval/ beside it, print the table, and return the metrics.
+def evaluate(checkpoint: str | Path, overrides: dict, device: torch.device, stored: dict | None = None,
+             out_dir: str | Path | None = None) -> dict:
+    """Evaluate a checkpoint, write `out_dir` (default eval/ beside it), print the table, and return the metrics.
 
     `overrides` may set data_root, seed, max_step (else the checkpoint's) and eval_clips, eval_steps (else
     EVAL_CLIPS, EVAL_STEPS); None means unset. `stored` is the checkpoint already loaded, if it is.
     """
+    began = time.perf_counter()
     checkpoint = Path(checkpoint)
     stored = load_checkpoint(checkpoint) if stored is None else stored
     config = {**stored["config"], **{k: overrides[k] for k in DATA_OVERRIDES if overrides.get(k) is not None}}
@@ -343,12 +354,12 @@ def evaluate(checkpoint: str | Path, overrides: dict, device: torch.device, stor
         raise DRNetError(f"--eval_clips must be at least 2 (pairs of clips) and --eval_steps at least 1, "
                          f"got {n_clips} and {n_steps}")
     model = model_from_checkpoint(stored).to(device).eval()
-    out_dir = checkpoint.parent / "eval"
-    out_dir.mkdir(exist_ok=True)
+    out_dir = checkpoint.parent / "eval" if out_dir is None else Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     seed = config["seed"]
     results = {"checkpoint": str(checkpoint), "kind": stored.get("kind", "drnet"), "iteration": stored.get("iteration"),
                "dataset": config["dataset"], "seed": seed, "max_step": config["max_step"], "eval_clips": n_clips,
-               "eval_steps": n_steps, "skipped": {}}
+               "eval_steps": n_steps, "prediction_clips": min(n_clips, PREDICTION_CLIPS), "skipped": {}}
     train_set, test_set = build_dataset(config, "train"), build_dataset(config, "test")
     mnist = isinstance(test_set, MovingMNIST)
     channels = digit_channels(test_set) if mnist else slice(None)
@@ -386,5 +397,5 @@ def evaluate(checkpoint: str | Path, overrides: dict, device: torch.device, stor
     table = format_table(results)
     (out_dir / "summary.txt").write_text(table + "\n")
     print(table)  # the table is the command's output; progress and errors go to the log (stderr)
-    log.info("evaluation written to %s", out_dir)
+    log.info("evaluation written to %s (%.0f s)", out_dir, time.perf_counter() - began)
     return results

@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -25,6 +25,7 @@ import distributed
 from board import tensorboard_missing
 from datasets.prefetch import MAX_AHEAD
 from datasets.registry import DATASETS, available, build_dataset
+from flag_sources import authors_flag_hint, config_tokens
 from models import HEAD_DEFAULTS, SUPPORTED_SIZES
 from precision import AMP_MODES, Precision, autocast, compile_check, resolve_precision
 from runs import (
@@ -54,7 +55,8 @@ DEFAULTS = {"lr": 0.002, "beta1": 0.5, "batch_size": 100, "max_iter": 50000, "ma
             "data_threads": 0, "device": "auto", "gpu": 0, "amp": "auto", "compile": False, "sync_every": 10,
             "tensorboard": False, **HEAD_DEFAULTS}
 # Flags that choose what to do or where, never stored as part of the model's configuration.
-RUN_FLAGS = ("resume", "start_iter", "save_dir", "use_lstm", "evaluate", "checkpoint", "eval_clips", "eval_steps")
+RUN_FLAGS = ("resume", "start_iter", "save_dir", "use_lstm", "evaluate", "checkpoint", "eval_clips", "eval_steps",
+             "eval_dir", "config")
 
 # LSTM stage [py, seed] (drnet-py's train_lstm.py): these replace or add to DEFAULTS when --use_lstm is on.
 LSTM_DEFAULTS = {"lr": 0.0002, "beta1": 0.9, "n_past": 10, "n_future": 10, "rnn_size": 256, "rnn_layers": 2,
@@ -85,7 +87,17 @@ VALID_VALUES: dict[str, tuple[Callable[[float], bool], str]] = {
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one line (the usage text is what --help is for)."""
+    """ArgumentParser whose errors are one line (the usage text is what --help is for), naming our flag for one
+    of the authors' (flag_sources.py)."""
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        """argparse's parsing, after looking for the authors' flag names."""
+        args = sys.argv[1:] if args is None else list(args)
+        hint = authors_flag_hint(args, set(self._option_string_actions))
+        if hint:
+            self.error(f"{hint} (docs/authors_flags.md maps the authors' flags to ours)")
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> None:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -136,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "directory); the LSTM run goes to <run directory>/lstm")
     run = parser.add_argument_group("files and devices")
     run.add_argument("--data_root", help=f"where datasets live or are downloaded ({DEFAULTS['data_root']})")
+    run.add_argument("--config", metavar="PATH", help="repeat a run: every flag from the config.json it wrote "
+                                                      "(flags given on the command line win; --save_dir does not "
+                                                      "come from the file)")
     run.add_argument("--save_dir", help="run directory (default: runs/<dataset>, runs/<dataset>_skip with skips)")
     run.add_argument("--save_iters", type=int, help=f"checkpoint and pictures every N iterations "
                                                     f"({DEFAULTS['save_iters']})")
@@ -169,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "checkpoint of the run directory these flags name)")
     evaluation.add_argument("--eval_clips", type=int, help="test clips per evaluation part (1000)")
     evaluation.add_argument("--eval_steps", type=int, help="future steps of the LSTM prediction curves (100)")
+    evaluation.add_argument("--eval_dir", metavar="DIR", help="where the evaluation goes (eval/ beside the "
+                                                              "checkpoint)")
     return parser
 
 
@@ -288,6 +305,9 @@ def check_config(config: dict, lstm: bool = False) -> None:
                          f"{' or '.join(map(str, SUPPORTED_SIZES))} px")
     if config["batch_size"] < 2 and not lstm:  # the LSTM stage has no scene discriminator
         raise DRNetError("--batch_size must be at least 2: the scene discriminator pairs different clips")
+    if config["dataset"] != "mnist" and not os.path.isdir(config["data_root"]):  # only MNIST downloads into it
+        raise DRNetError(f"--data_root {config['data_root']} is missing: the {config['dataset']} data must be there "
+                         "already (README, Datasets)")
     try:
         os.makedirs(config["data_root"], exist_ok=True)
     except OSError as error:
@@ -350,7 +370,25 @@ def run_evaluation(args: argparse.Namespace) -> None:
     precision = pick_precision(args.amp or DEFAULTS["amp"], device)
     logging.getLogger("drnet").info("precision %s: %s", precision.name, precision.reason)
     with autocast(precision, device):
-        evaluate(path, overrides, device, checkpoint)
+        evaluate(path, overrides, device, checkpoint, args.eval_dir)
+
+
+def parse_flags(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags; with --config, the flags a run's config.json stores, then those of the command line over them."""
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    if args.config is None:
+        return args
+    flags = {action.dest: action.option_strings[-1] for action in parser._actions if action.option_strings}
+    try:
+        tokens = config_tokens(args.config, flags, RUN_FLAGS, DATASETS, DEFAULTS["gpu"])
+    except ValueError as error:
+        parser.error(f"--config {args.config}: {error}")
+    parser.prog = f"main.py --config {args.config}"  # a bad value in the file is reported as the file's
+    parser.parse_args(tokens)
+    parser.prog = "main.py"
+    return parser.parse_args([*tokens, *argv])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -359,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     Nothing is written before every check has passed (only --data_root is created, for the data). Started
     by torchrun, every process trains on its share of each batch (distributed.py) and rank 0 alone writes.
     """
-    args = build_parser().parse_args(argv)
+    args = parse_flags(argv)
     log = setup_logging()
     try:
         if args.evaluate:

@@ -394,6 +394,7 @@ def test_evaluate_command_writes_every_metric(trained_run: Path, capsys: pytest.
     out = capsys.readouterr().out
     results = json.loads((trained_run / "eval" / "metrics.json").read_text())
     assert set(results) == {"checkpoint", "kind", "iteration", "dataset", "seed", "max_step", "eval_clips",
+                            "prediction_clips",
                             "eval_steps", "skipped", "swap", "content", "reconstruction", "leakage", "probes"}
     assert results["checkpoint"] == str(checkpoint_path(trained_run)) and results["iteration"] == 2
     assert set(results["swap"]) == SWAP_KEYS
@@ -427,8 +428,9 @@ def test_lstm_checkpoint_gets_prediction_curves(trained_run: Path, capsys: pytes
     main.main([*lstm_flags, "--max_iter", "1", "--batch_size", "2", "--save_iters", "1", "--n_past", "2",
                "--n_future", "2", "--rnn_size", "8", "--rnn_layers", "1", "--rollout_len", "2", "--device", "cpu"])
     capsys.readouterr()
-    main.main(["--evaluate", *lstm_flags, *EVAL_FLAGS])  # the same flags as the LSTM run find its checkpoint
-    eval_dir = trained_run / "lstm" / "eval"
+    eval_dir = trained_run.parent / "lstm_eval"  # --eval_dir: anywhere, instead of eval/ beside the checkpoint
+    main.main(["--evaluate", *lstm_flags, *EVAL_FLAGS, "--eval_dir", str(eval_dir)])  # the LSTM run's flags find it
+    assert not (trained_run / "lstm" / "eval").exists()
     results = json.loads((eval_dir / "metrics.json").read_text())
     assert results["kind"] == "lstm" and "prediction" not in results["skipped"]
     assert {k: len(v) for k, v in results["prediction"].items()} == {
@@ -438,6 +440,9 @@ def test_lstm_checkpoint_gets_prediction_curves(trained_run: Path, capsys: pytes
     assert (eval_dir / "prediction_curves.png").is_file()
     out = capsys.readouterr().out
     assert "SSIM at step 3" in out and "true poses:" in out
+    head = out.splitlines()[0]  # which stage and iteration, and how many clips each part used
+    assert head.endswith("(pose-LSTM stage, iteration 1; mnist, seed 1; clips per part: swap 6, content 6, "
+                         "reconstruction 6, leakage 6, probes 6, prediction 6)")
 
 
 @pytest.mark.parametrize("problem", ["missing", "corrupt"])

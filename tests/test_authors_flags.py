@@ -1,0 +1,114 @@
+"""Issue 25, coming from the authors' code: their flag names get ours in the error, docs/authors_flags.md maps
+them all, `--config run/config.json` repeats a run, a mistyped --data_root is reported, --eval_dir places the
+evaluation."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import main
+from flag_sources import FLAGS
+from runs import prepare_run_dir
+
+REPO = Path(__file__).resolve().parent.parent
+OURS = {option for action in main.build_parser()._actions for option in action.option_strings}
+
+
+def one_line_exit(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    """The error line of a command that must stop with status 2 and one line on stderr."""
+    with pytest.raises(SystemExit) as stop:
+        main.main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1, err
+    return err.strip()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--sd_weight", "0.1"], "--sd_weight is drnet-py's name: use --beta"),
+    (["--niter", "5", "--epoch_size", "600"], "--niter is drnet-py's name: use --max_iter, the total number of "
+                                              "iterations (drnet-py trains niter x epoch_size)"),
+    (["--dataset", "moving_mnist"], "--dataset moving_mnist is drnet-py's and the Lua code's name: use --dataset "
+                                    "mnist"),
+    (["--dataset=moving_mnist"], "use --dataset mnist"),
+    (["--data", "moving_mnist"], "--data moving_mnist is drnet-py's and the Lua code's name: use --dataset mnist"),
+    (["--model_path", "logs/x", "--use_lstm", "True"], "--model_path is drnet-py's name: use --drnet_checkpoint"),
+    (["--log_dir=logs"], "--log_dir is drnet-py's name: use --save_dir"),
+    (["--content_model", "dcgan_unet"], "--content_model is drnet-py's name: use --use_skip True for dcgan_unet"),
+    (["-b", "32"], "-b is the Lua code's name: use --batch_size"),
+    (["--learningRate", "0.002"], "--learningRate is the Lua code's name: use --lr"),
+    (["--save", "logs/"], "--save is the Lua code's name: use --save_dir"),  # argparse: ambiguous prefix
+])
+def test_the_authors_flag_names_get_ours_in_one_line(capsys, argv, expected):
+    line = one_line_exit(capsys, argv)
+    assert line.startswith("main.py: error: ") and expected in line and "docs/authors_flags.md" in line
+
+
+def test_our_own_flags_and_mistypes_of_them_are_not_hinted(capsys, tiny_args):
+    line = one_line_exit(capsys, ["--betta", "1"])
+    assert "unrecognized arguments: --betta 1" in line and "name:" not in line
+    assert main.parse_flags(["--normalize", "--data_root", "d"]).normalize is True  # a name both codes use
+
+
+def test_every_authors_flag_is_in_the_docs_table_and_every_hint_names_our_flags():
+    theirs, ours = set(), set()
+    for line in (REPO / "docs" / "authors_flags.md").read_text().splitlines():
+        cells = line.split("|")
+        if line.startswith("| `-"):  # | their flags | whose | our flags | notes |
+            theirs |= set(re.findall(r"`(-[^`= ]+)", cells[1]))
+            ours |= set(re.findall(r"`(--[a-z_]+)", cells[3]))
+    assert set(FLAGS) <= theirs and ours <= OURS, ours - OURS
+    for flag, (_, hint) in FLAGS.items():
+        named = set(re.findall(r"--[a-z_]+", hint))
+        assert flag not in OURS and named <= OURS, (flag, named - OURS)
+
+
+def written_config(tmp_path: Path, *flags: str) -> Path:
+    """The config.json a new run of these flags writes, without training it."""
+    config = main.resolve_run(main.parse_flags(list(flags))).config
+    return prepare_run_dir(config) / "config.json"
+
+
+def test_config_repeats_a_run_with_the_command_line_winning(tmp_path):
+    path = written_config(tmp_path, "--save_dir", str(tmp_path / "a"), "--data_root", str(tmp_path / "data"),
+                          "--lr", "0.001", "--pose_dim", "7", "--use_skip", "True", "--batch_size", "6")
+    original = json.loads(path.read_text())
+    repeat = main.resolve_run(main.parse_flags(["--config", str(path), "--save_dir", str(tmp_path / "b"),
+                                                "--batch_size", "8"])).config
+    assert repeat == {**original, "run_dir": str(tmp_path / "b"), "batch_size": 8}
+    assert (repeat["lr"], repeat["pose_dim"], repeat["use_skip"]) == (0.001, 7, True)
+
+
+def test_config_of_an_lstm_run_repeats_the_lstm_stage(tmp_path):
+    data = ["--data_root", str(tmp_path / "data")]
+    lstm = {"dataset": "mnist", **main.DEFAULTS, **main.LSTM_DEFAULTS, "drnet_checkpoint": "runs/x/checkpoint.pt",
+            **{k: v for k, v in main.DATASETS["mnist"].items() if k != "loader"}, "data_root": data[1]}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(lstm))
+    args = main.parse_flags(["--config", str(path), "--rnn_size", "32"])
+    assert (args.use_lstm, args.drnet_checkpoint, args.rnn_size, args.n_past) == (True, "runs/x/checkpoint.pt", 32, 10)
+    assert args.gpu is None  # the default --gpu 0 is not given: it would warn on a CPU
+
+
+@pytest.mark.parametrize("content, expected", [
+    ({"lr": 0.1, "learning_rate": 1}, "unknown keys learning_rate (not flags of main.py)"),
+    ({"dataset": "mnist", "content_encoder": "vgg16"}, "content_encoder vgg16: not what --dataset mnist builds now"),
+    ({"dataset": "moving_mnist"}, "main.py --config "),
+    ([1, 2], "not a run's config.json"),
+    (None, "cannot read it as a run's config.json"),
+])
+def test_a_config_that_cannot_be_repeated_is_one_line(tmp_path, capsys, content, expected):
+    path = tmp_path / "config.json"
+    if content is not None:
+        path.write_text(json.dumps(content))
+    line = one_line_exit(capsys, ["--config", str(path)])
+    assert expected in line and str(path) in line
+
+
+def test_a_missing_data_root_is_reported_not_created(tmp_path, capsys, tiny_args):
+    line = one_line_exit(capsys, tiny_args("--dataset", "kth", "--data_root", str(tmp_path / "dta")))
+    assert f"--data_root {tmp_path / 'dta'} is missing: the kth data must be there already" in line
+    assert not (tmp_path / "dta").exists()
+    main.resolve_run(main.parse_flags(tiny_args("--data_root", str(tmp_path / "mn"))))  # MNIST downloads into it
+    assert (tmp_path / "mn").is_dir()
