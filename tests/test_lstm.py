@@ -20,7 +20,16 @@ from datasets.registry import DATASETS
 from models import DRNet
 from predictor import DRNetPredictor, PoseLSTM
 from runs import export_weights, load_model
-from train_lstm import freeze_drnet, label_strip_width, lstm_step, save_rollout, teacher_forced_loss
+from train_lstm import (
+    CodePool,
+    encode_clips,
+    freeze_drnet,
+    label_strip_width,
+    lstm_step,
+    lstm_update,
+    save_rollout,
+    teacher_forced_loss,
+)
 from utils import read_metrics
 
 
@@ -273,7 +282,8 @@ def test_lstm_defaults_and_lr_flag(drnet_dir, shared, tmp_path):
     common = ["--use_lstm", "True", "--drnet_checkpoint", str(drnet_dir / "checkpoint.pt"), *shared]
     config = main.resolve_run(main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "a")])).config
     assert {k: config[k] for k in main.LSTM_DEFAULTS} == {"lr": 0.0002, "beta1": 0.9, "n_past": 10, "n_future": 10,
-                                                          "rnn_size": 256, "rnn_layers": 2, "rollout_len": 500}
+                                                          "rnn_size": 256, "rnn_layers": 2, "rollout_len": 500,
+                                                          "code_pool": 20000}
     assert config["run_dir"] == str(tmp_path / "a" / "lstm")
     config = main.resolve_run(main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "b"),
                                                               "--lr", "0.001"])).config
@@ -305,6 +315,78 @@ def test_resume_equals_one_uninterrupted_run(drnet_dir, tiny, tmp_path):
     assert all(torch.equal(whole_adam[i]["exp_avg"], parts_adam[i]["exp_avg"]) for i in whole_adam)
     assert (read_metrics(tmp_path / "whole" / "lstm" / "metrics.csv")
             == read_metrics(tmp_path / "parts" / "lstm" / "metrics.csv"))
+
+
+def test_a_pool_batch_trains_the_lstm_exactly_as_encoding_its_clips():
+    torch.manual_seed(3)
+    model = DRNetPredictor(small_config(), {"rnn_size": 16, "rnn_layers": 1})
+    freeze_drnet(model)
+    clips = [torch.rand(3, 4, 1, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    pool = CodePool(batches=2, batch_size=3)
+    for batch in clips:
+        assert not pool.full
+        pool.add(*encode_clips(model, batch, n_past=2))
+    assert pool.full and pool.stored[0].shape == (6, 8) and pool.stored[1].shape == (6, 4, 3)
+    with pytest.raises(ValueError):
+        pool.add(*encode_clips(model, clips[0], n_past=2))
+    content, poses = pool.batch(torch.tensor([3, 4, 5]))  # the second batch, as stored
+    encoded = encode_clips(model, clips[1], n_past=2)
+    assert torch.equal(content, encoded[0]) and torch.equal(poses, encoded[1])
+
+    def trained(update) -> dict[str, torch.Tensor]:
+        lstm = DRNetPredictor(small_config(), {"rnn_size": 16, "rnn_layers": 1}).lstm
+        lstm.load_state_dict(model.lstm.state_dict())
+        optimizer = torch.optim.Adam(lstm.parameters(), lr=0.01)
+        update(lstm, optimizer)
+        return lstm.state_dict()
+
+    from_pool = trained(lambda lstm, optimizer: lstm_update(lstm, optimizer, content, poses))
+    model_copy = DRNetPredictor(small_config(), {"rnn_size": 16, "rnn_layers": 1})
+    model_copy.load_state_dict(model.state_dict())
+    freeze_drnet(model_copy)
+
+    def on_the_fly(lstm, optimizer):
+        model_copy.lstm = lstm
+        lstm_step(model_copy, optimizer, clips[1], n_past=2)
+
+    assert all(torch.equal(v, from_pool[k]) for k, v in trained(on_the_fly).items())
+
+
+def test_pool_indices_cover_the_pool_and_follow_the_generator():
+    pool = CodePool(batches=3, batch_size=4)
+    drawn = torch.cat([pool.indices(torch.Generator().manual_seed(i)) for i in range(50)])
+    assert drawn.min() == 0 and drawn.max() == 11 and len(drawn) == 200
+    assert torch.equal(pool.indices(torch.Generator().manual_seed(7)), pool.indices(torch.Generator().manual_seed(7)))
+    with pytest.raises(ValueError):
+        pool.batch(torch.tensor([0]))  # nothing stored yet
+
+
+def test_a_run_within_its_pool_equals_encoding_every_batch(drnet_dir, tiny, tmp_path):
+    common = ["--use_lstm", "True", "--drnet_checkpoint", str(drnet_dir / "checkpoint.pt"), "--rollout_len", "3",
+              "--save_iters", "2", "--max_iter", "2", *tiny]
+    main.main([*common, "--save_dir", str(tmp_path / "pool"), "--code_pool", "8"])
+    main.main([*common, "--save_dir", str(tmp_path / "none"), "--code_pool", "0"])
+    pooled = torch.load(tmp_path / "pool" / "lstm" / "checkpoint.pt", weights_only=True)
+    plain = torch.load(tmp_path / "none" / "lstm" / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(v, plain["lstm"][k]) for k, v in pooled["lstm"].items())
+    assert (tmp_path / "pool" / "lstm" / "code_pool_rank0.pt").is_file()
+    assert not (tmp_path / "none" / "lstm" / "code_pool_rank0.pt").exists()
+
+
+@pytest.mark.parametrize("stop_at", [1, 3])  # resumed while the pool fills (encoded again) / once full (read back)
+def test_resume_past_the_pool_equals_one_uninterrupted_run(stop_at, drnet_dir, tiny, tmp_path):
+    common = ["--use_lstm", "True", "--drnet_checkpoint", str(drnet_dir / "checkpoint.pt"), "--rollout_len", "3",
+              "--save_iters", "5", "--code_pool", "8", *tiny]  # a pool of 2 batches of 4; iterations 3-5 draw from it
+    main.main([*common, "--save_dir", str(tmp_path / "whole"), "--max_iter", "5"])
+    main.main([*common, "--save_dir", str(tmp_path / "parts"), "--max_iter", str(stop_at)])
+    main.main([*common, "--save_dir", str(tmp_path / "parts"), "--max_iter", "5", "--resume", "True"])
+    whole = torch.load(tmp_path / "whole" / "lstm" / "checkpoint.pt", weights_only=True)
+    parts = torch.load(tmp_path / "parts" / "lstm" / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(v, parts["lstm"][k]) for k, v in whole["lstm"].items())
+    assert (read_metrics(tmp_path / "whole" / "lstm" / "metrics.csv")
+            == read_metrics(tmp_path / "parts" / "lstm" / "metrics.csv"))
+    read_back = "encoded clips read from" in (tmp_path / "parts" / "lstm" / "train.log").read_text()
+    assert read_back == (stop_at == 3)
 
 
 @pytest.mark.parametrize("case", ["no_drnet", "image_size", "dataset", "n_past"])
