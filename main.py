@@ -35,12 +35,13 @@ from runs import (
     check_architecture,
     checkpoint_path,
     checkpoint_to_resume,
+    has_report,
     load_checkpoint,
     run_dir_of,
 )
 from utils import (
     DRNetError,
-    check_run_dir_free,
+    check_writable,
     hold_run_dir,
     remove_stale_temporaries,
     resolve_device,
@@ -208,6 +209,13 @@ def with_dataset(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(args), "dataset": args.dataset or DEFAULT_DATASET})
 
 
+def args_run_dir(args: argparse.Namespace) -> Path:
+    """The run directory the flags name: --save_dir or the dataset's default, its lstm/ with --use_lstm True."""
+    args = with_dataset(args)
+    use_skip = DATASETS[args.dataset]["use_skip"] if args.use_skip is None else args.use_skip
+    return run_dir_of(args.save_dir, args.dataset, use_skip, bool(args.use_lstm))
+
+
 class Resolved(NamedTuple):
     """A stage's resolved configuration, and the checkpoint it starts from, read once here and passed on."""
 
@@ -220,7 +228,8 @@ def resolve_run(args: argparse.Namespace) -> Resolved:
 
     Both stages resolve alike; the LSTM stage's network shapes are its DRNET's, and its run lives in the
     `lstm/` folder of the DRNET run directory (--save_dir or the default). A resumed run continues from its
-    own self-contained checkpoint. Nothing is written: a mistake is a DRNetError before the run directory exists.
+    own self-contained checkpoint. Nothing is written; `main` holds the run directory (`args_run_dir`) while
+    this decides between a new run and a resumed one, so no other run can change that meanwhile.
     """
     check_values(vars(args))
     args = with_dataset(args)
@@ -229,8 +238,7 @@ def resolve_run(args: argparse.Namespace) -> Resolved:
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ignored}
     entry = {k: v for k, v in DATASETS[args.dataset].items() if k != "loader"}
     config = {"dataset": args.dataset, **DEFAULTS, **entry, **(LSTM_DEFAULTS if lstm else {}), **given}
-    run_dir = run_dir_of(args.save_dir, args.dataset, config["use_skip"], lstm)
-    check_run_dir_free(run_dir)
+    run_dir = args_run_dir(args)
     train = f"python main.py --dataset {args.dataset}"
     resume_from = None
     if args.resume or args.start_iter:
@@ -319,8 +327,7 @@ def checkpoint_to_evaluate(args: argparse.Namespace) -> Path:
     if args.checkpoint:
         return Path(args.checkpoint)
     args = with_dataset(args)
-    use_skip = DATASETS[args.dataset]["use_skip"] if args.use_skip is None else args.use_skip
-    path = checkpoint_path(run_dir_of(args.save_dir, args.dataset, use_skip, bool(args.use_lstm)))
+    path = checkpoint_path(args_run_dir(args))
     if not path.is_file():
         # The flags that located the run are the ones that train it, so the command to suggest is known.
         train = " ".join(["python main.py --dataset", args.dataset,
@@ -369,8 +376,48 @@ def run_evaluation(args: argparse.Namespace) -> None:
                          args.gpu is not None)
     precision = pick_precision(args.amp or DEFAULTS["amp"], device)
     logging.getLogger("drnet").info("precision %s: %s", precision.name, precision.reason)
+    # Tried before the minutes the evaluation takes, not after them.
+    check_writable(Path(args.eval_dir) if args.eval_dir else path.parent / "eval", "the evaluation")
     with autocast(precision, device):
         evaluate(path, overrides, device, checkpoint, args.eval_dir)
+
+
+def nothing_left(config: dict, checkpoint: dict | None) -> bool:
+    """Whether a resumed run is at --max_iter already, its last test report written: then say so, change nothing.
+
+    Without that report (a run killed between its last checkpoint and its report) the report is what is left:
+    the run goes on with --max_iter at the checkpoint's iteration, training nothing.
+    """
+    if config["resume_from"] is None or checkpoint["iteration"] < config["max_iter"]:
+        return False
+    iteration, run_dir = checkpoint["iteration"], Path(config["run_dir"])
+    if has_report(run_dir, iteration):
+        logging.getLogger("drnet").info("%s is at iteration %d (--max_iter %d): nothing left to do, nothing "
+                                        "changed; pass a larger --max_iter to train further", run_dir, iteration,
+                                        config["max_iter"])
+        return True
+    config["max_iter"] = iteration
+    return False
+
+
+def check_clip_lengths(config: dict, data: tuple, lstm: bool) -> None:
+    """Refuse clips too short for the stage, naming the flags to change, before the run directory is written.
+
+    The DRNET stage's analogy pictures show min(--max_step, ANALOGY_FRAMES) consecutive test frames; the LSTM
+    stage trains and tests on --n_past + --n_future. Datasets of endless clips (Moving MNIST) have no limit.
+    """
+    from train_drnet import ANALOGY_FRAMES
+
+    needed = config["n_past"] + config["n_future"] if lstm else min(config["max_step"], ANALOGY_FRAMES)
+    for split, dataset in zip(("train", "test"), data, strict=True):
+        longest = getattr(dataset, "longest_clip", None)
+        if longest is None or longest >= needed or (split == "train" and not lstm):
+            continue
+        fix = (f"the --n_past + --n_future = {needed} frames the LSTM stage trains on: lower them" if lstm else
+               f"the {needed} consecutive frames the periodic analogy pictures show (min(--max_step, "
+               f"{ANALOGY_FRAMES})): lower --max_step to {longest}")
+        raise DRNetError(f"the longest {split} clip in {config['data_root']} has {longest} frames, fewer than {fix}, "
+                         "or add longer clips")
 
 
 def parse_flags(argv: list[str] | None = None) -> argparse.Namespace:
@@ -394,18 +441,26 @@ def parse_flags(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Parse flags, check configuration, device and data, then hold the run directory and run the stage.
 
-    Nothing is written before every check has passed (only --data_root is created, for the data). Started
-    by torchrun, every process trains on its share of each batch (distributed.py) and rank 0 alone writes.
+    The run directory is held (rank 0: `hold_run_dir`) from before anything looks at it until the run ends;
+    nothing is written in it before every check has passed (only --data_root is created, for the data), and a
+    new one is removed again when a check fails. Started by torchrun, every process trains on its share of
+    each batch (distributed.py) and rank 0 alone writes.
     """
     args = parse_flags(argv)
     log = setup_logging()
+    held = contextlib.ExitStack()  # the hold on the run directory, released when main ends
     try:
         if args.evaluate:
             if distributed.launched():
                 raise DRNetError("--evaluate runs in one process: start it with python, not torchrun")
             run_evaluation(args)
             return
+        check_values(vars(args))  # a bad value creates no run directory
+        if os.environ.get("RANK", "0") == "0":  # torchrun's rank 0 (the process group is not joined yet)
+            held.enter_context(hold_run_dir(args_run_dir(args)))
         config, checkpoint = resolve_run(args)
+        if nothing_left(config, checkpoint):
+            return
         # Under torchrun each process takes the GPU of its local rank, whatever --gpu says.
         gpu = distributed.local_rank() if distributed.launched() else config["gpu"]
         device = pick_device(config["device"], gpu, args.gpu is not None)
@@ -420,35 +475,41 @@ def main(argv: list[str] | None = None) -> None:
             raise DRNetError(tensorboard_missing())
         with distributed.main_rank_first():  # one process downloads or caches the data, the others read it
             data = build_dataset(config, "train"), build_dataset(config, "test")
+        check_clip_lengths(config, data, bool(args.use_lstm))
         run_dir = Path(config["run_dir"])
-        with hold_run_dir(run_dir) if distributed.is_main() else contextlib.nullcontext():
-            if distributed.is_main():
-                log = setup_logging(run_dir)
-                for stale in remove_stale_temporaries(run_dir):
-                    log.info("removed %s, left half-written by a run that was stopped while writing it", stale)
-            log.info("run directory %s on %s; config: %s", run_dir, device, json.dumps(config))
-            if distributed.world_size() > 1:
-                log.info("rank %d of %d, %d clips per rank, global batch %d (logged losses: means over ranks)",
-                         distributed.rank(), distributed.world_size(), per_rank, config["batch_size"])
-            log.info("precision %s: %s", precision.name, precision.reason)
-            if args.use_lstm:
-                from train_lstm import train_lstm
+        if distributed.is_main():
+            log = setup_logging(run_dir)
+            for stale in remove_stale_temporaries(run_dir):
+                log.info("removed %s, left half-written by a run that was stopped while writing it", stale)
+        log.info("run directory %s on %s; config: %s", run_dir, device, json.dumps(config))
+        if distributed.world_size() > 1:
+            log.info("rank %d of %d, %d clips per rank, global batch %d (logged losses: means over ranks)",
+                     distributed.rank(), distributed.world_size(), per_rank, config["batch_size"])
+        log.info("precision %s: %s", precision.name, precision.reason)
+        if args.use_lstm:
+            from train_lstm import train_lstm
 
-                train_lstm(config, device, data, checkpoint, precision)
-            else:
-                from train_drnet import train_drnet
+            train_lstm(config, device, data, checkpoint, precision)
+        else:
+            from train_drnet import train_drnet
 
-                train_drnet(config, device, data, checkpoint, precision)
+            train_drnet(config, device, data, checkpoint, precision)
     except DRNetError as error:
         log.error("error: %s", error)
         sys.exit(2)
-    except OSError as error:  # a full disk while writing pictures or logs: checkpoints report it themselves
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        log.error("error: no space left on the device writing %s; free some space and run the command again "
-                  "(a training run continues with --resume True)", error.filename or "a file")
+    except OSError as error:  # the file system refused a write; checkpoints report it themselves
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            log.error("error: no space left on the device writing %s; free some space and run the command again "
+                      "(a training run continues with --resume True)", error.filename or "a file")
+        else:  # a read-only or vanished folder, a name too long: the file and the reason are the whole story
+            log.error("error: %s: %s", error.filename or "a file", error.strerror or error)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C while starting, or a second one during a save
+        log.error("error: stopped by Ctrl-C; checkpoints are written whole or not at all, so the last one written "
+                  "is intact (a training run continues from it with --resume True)")
+        sys.exit(130)
     finally:  # close the run's log file too, so in-process runs (tests) leave no open file behind
+        held.close()
         distributed.stop()
         drnet_log = logging.getLogger("drnet")
         for handler in list(drnet_log.handlers):

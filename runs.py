@@ -9,12 +9,15 @@ checkpoint.pt (the latest) and checkpoints/iter_N.pt (periodic copies); the LSTM
   every rank's data generator state as rng["data_ranks"]);
 - kind "lstm": config (the LSTM stage's), drnet_config, iteration, model (the DRNET's weights), lstm
   (the pose LSTM's), optimizers {"lstm"}, rng.
-Every path reads a checkpoint once and passes the loaded dict on; `load_model(path)` rebuilds the model of
-any checkpoint file.
+Both, and the half-precision exports, hold checksums {part: `tensor_checksum(checkpoint[part])`} of each part
+that holds tensors (files older than checksums have none). Every path reads a checkpoint once, through
+`load_checkpoint` (which verifies the checksums and refuses non-finite weights), and passes the loaded dict
+on; `load_model(path)` rebuilds the model of any checkpoint file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -35,7 +38,7 @@ import distributed
 from datasets.prefetch import BatchStream
 from models import HEAD_DEFAULTS, Architecture, DRNet
 from predictor import DRNetPredictor
-from utils import DRNetError, MetricsLog, copy_checkpoint, save_checkpoint
+from utils import DRNetError, MetricsLog, copy_checkpoint, named_tensors, read_metrics, save_checkpoint
 
 log = logging.getLogger("drnet")
 
@@ -113,17 +116,46 @@ def lstm_checkpoint(model: DRNetPredictor, optimizer: torch.optim.Optimizer, con
             "optimizers": {"lstm": optimizer.state_dict()}, "rng": rng_state(data_state)}
 
 
-def non_finite_tensors(state: object, name: str = "") -> list[str]:
+def non_finite_tensors(state: object) -> list[str]:
     """Names (dotted paths) of the floating-point tensors in a nested state that hold NaN or infinity."""
-    if isinstance(state, torch.Tensor):
-        return [name] if state.is_floating_point() and not torch.isfinite(state).all() else []
-    if isinstance(state, dict):
-        items = state.items()
-    elif isinstance(state, list | tuple):
-        items = enumerate(state)
-    else:
-        return []
-    return [bad for key, value in items for bad in non_finite_tensors(value, f"{name}.{key}" if name else str(key))]
+    return [name for name, tensor in named_tensors(state)
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+
+
+def tensor_checksum(state: dict) -> str:
+    """SHA-256 (hex) of the tensors of a nested state as stored: each one's name, dtype, shape and bytes, in
+    sorted name order. About 1 GB/s: 0.1 s for a 10 M-parameter DRNET with its Adam state."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(named_tensors(state), key=lambda item: item[0]):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name} {flat.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(flat.view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def with_checksums(state: dict) -> dict:
+    """`state` with the checksum of each of its parts that holds tensors, as every checkpoint file carries."""
+    parts = {part: value for part, value in state.items() if part != "checksums"}
+    return {**parts, "checksums": {part: tensor_checksum(value) for part, value in parts.items()
+                                   if next(named_tensors(value), None) is not None}}
+
+
+def check_integrity(checkpoint: dict, path: Path) -> None:
+    """Refuse a checkpoint whose tensors changed after it was written (a stored checksum differs), or whose
+    weights hold NaN or infinity; files older than checksums are checked for the latter only."""
+    stored = checkpoint.get("checksums", {})
+    if not isinstance(stored, dict):
+        raise DRNetError(f"{path} is not a DRNET checkpoint of this project")
+    for part, checksum in stored.items():
+        if part not in checkpoint or tensor_checksum(checkpoint[part]) != checksum:
+            raise DRNetError(f"{path} is corrupt: its {part} tensors differ from the checksum stored with them (the "
+                             "file changed after it was written: a faulty disk, copy or download); use another copy "
+                             "or an earlier checkpoint (checkpoints/iter_N.pt, resumed with --start_iter N)")
+    bad = non_finite_tensors({part: checkpoint[part] for part in ("model", "lstm") if part in checkpoint})
+    if bad:
+        more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
+        raise DRNetError(f"{path} holds non-finite weights (NaN or infinity in {bad[0]}{more}): a model that "
+                         "cannot compute anything; use an earlier checkpoint")
 
 
 def write_checkpoints(run_dir: Path, state: dict, iteration: int, keep: int) -> None:
@@ -137,7 +169,7 @@ def write_checkpoints(run_dir: Path, state: dict, iteration: int, keep: int) -> 
         more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
         raise DRNetError(f"the weights or optimizer state became non-finite ({bad[0]}{more}) and were not saved; "
                          f"{kept_checkpoint(run_dir)}; try a lower --lr")
-    save_checkpoint(state, checkpoint_path(run_dir))
+    save_checkpoint(with_checksums(state), checkpoint_path(run_dir))
     periodic = copy_to_periodic(run_dir, iteration)
     if keep > 0:
         for old in sorted(periodic.parent.glob("iter_*.pt"))[:-keep]:
@@ -155,6 +187,20 @@ def copy_to_periodic(run_dir: Path, iteration: int) -> Path:
     periodic = checkpoint_path(run_dir, iteration)
     copy_checkpoint(checkpoint_path(run_dir), periodic)
     return periodic
+
+
+def has_report(run_dir: Path, iteration: int) -> bool:
+    """Whether test_metrics.csv of a run directory holds the periodic test report of `iteration`."""
+    path = run_dir / "test_metrics.csv"
+    return path.is_file() and any(row["iteration"] == iteration for row in read_metrics(path))
+
+
+def report_missing(run_dir: Path, start: int, report: Callable[[int], None]) -> None:
+    """Resuming at `start`, run the periodic test report of that iteration if a run stopped between its
+    checkpoint and its report (`kill -9`) never wrote it: test metrics row, pictures and curves."""
+    if start and not has_report(run_dir, start):
+        log.info("iteration %d: writing its test report, which the run that saved it did not finish", start)
+        report(start)
 
 
 def restore_periodic(run_dir: Path, resumed_from: Path, iteration: int) -> None:
@@ -175,8 +221,7 @@ def export_weights(checkpoint: dict, path: str | Path) -> None:
     kept["model"] = half(checkpoint["model"])
     if "lstm" in checkpoint:
         kept["lstm"] = half(checkpoint["lstm"])
-    save_checkpoint(kept, path)
-
+    save_checkpoint(with_checksums(kept), path)  # the checksums of the half-precision tensors, as stored
 
 
 # ---- Reading checkpoints ----
@@ -200,6 +245,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                          f"{str(error).splitlines()[0] if str(error) else 'unreadable'}") from error
     if not isinstance(checkpoint, dict) or "config" not in checkpoint or "model" not in checkpoint:
         raise DRNetError(f"{path} is not a DRNET checkpoint of this project")
+    check_integrity(checkpoint, path)
     return checkpoint
 
 

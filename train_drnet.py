@@ -22,7 +22,15 @@ from datasets.prefetch import BatchStream
 from metrics import mse
 from models import Content, DRNet, discriminator_pairs
 from precision import FP32, Precision, adam, autocast, compile_networks, to_channels_last, uses_channels_last
-from runs import checkpoint_path, drnet_checkpoint, prepare_run_dir, resume, run_iterations, write_checkpoints
+from runs import (
+    checkpoint_path,
+    drnet_checkpoint,
+    prepare_run_dir,
+    report_missing,
+    resume,
+    run_iterations,
+    write_checkpoints,
+)
 from transfer import SwapSet, content_transfer, digit_channels, expand, invariance_ratio, swap_set
 from utils import MetricsLog, plot_curves, save_image_grid
 
@@ -32,6 +40,7 @@ METRICS = ["rec", "sim", "adv", "disc_loss", "disc_acc"]
 TEST_CLIPS = 64  # fixed test clips for the periodic test MSE and pictures
 TEST_METRICS = ["test_content_transfer", "test_rec_mse", "test_content_ratio", "test_content_spread"]
 SWAP_CLIPS = 200  # fixed Moving MNIST test swaps for the periodic content transfer
+ANALOGY_FRAMES = 10  # frames of the periodic analogy grid's test clips (fewer when --max_step is smaller)
 
 
 def similarity_loss(h_c1: torch.Tensor, h_c2: torch.Tensor) -> torch.Tensor:
@@ -208,7 +217,7 @@ def reporting(config: dict, model: DRNet, optimizers: dict, test_set: ClipDatase
     # Fixed test clips, drawn from their own generator so that pictures never shift the training stream.
     test_generator = torch.Generator().manual_seed(config["seed"] + 1)
     test_frames = test_set.drnet_batch(TEST_CLIPS, test_generator).to(device)
-    test_clips = test_set.sequence_batch(9, min(config["max_step"], 10), test_generator).to(device)
+    test_clips = test_set.sequence_batch(9, min(config["max_step"], ANALOGY_FRAMES), test_generator).to(device)
     mnist = isinstance(test_set, MovingMNIST)
     swaps = swap_set(test_set, SWAP_CLIPS, test_generator) if mnist else None
     channels = digit_channels(test_set) if mnist else slice(None)
@@ -227,6 +236,9 @@ def reporting(config: dict, model: DRNet, optimizers: dict, test_set: ClipDatase
 
     def save_everything(iteration: int, data_state: torch.Tensor | list[torch.Tensor]) -> None:
         save_run_state(run_dir, model, optimizers, config, iteration, data_state, config["keep_checkpoints"])
+        report(iteration)
+
+    def report(iteration: int) -> None:
         test_values = report_test_clips(model, test_frames, test_clips, run_dir / "samples", iteration, swaps,
                                         channels)
         test_metrics.append(iteration, test_values)
@@ -238,4 +250,5 @@ def reporting(config: dict, model: DRNet, optimizers: dict, test_set: ClipDatase
                  iteration, transfer, test_values["test_rec_mse"], test_values["test_content_ratio"],
                  test_values["test_content_spread"], checkpoint_path(run_dir))
 
+    report_missing(run_dir, start, report)
     return metrics, save_everything, board

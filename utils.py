@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import csv
 import errno
+import io
 import logging
 import logging.handlers
 import math
@@ -14,6 +15,7 @@ import os
 import shlex
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -106,12 +108,24 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], needed: int) -> 
         os.replace(temporary, path)
     except BaseException as error:  # whatever stopped the write (a full disk, a second Ctrl-C): no half file stays
         temporary.unlink(missing_ok=True)
-        if not isinstance(error, OSError):
+        failure = os_error_of(error)
+        if failure is None:
             raise
-        raise DRNetError(f"cannot write {path}: {write_failure(error, path.parent, needed)}; "
+        raise DRNetError(f"cannot write {path}: {write_failure(failure, path.parent, needed)}; "
                          f"{'the previous ' + path.name + ' is unchanged' if path.exists() else 'nothing was written'}"
                          ) from error
     sync_directory(path.parent)
+
+
+def os_error_of(error: BaseException) -> OSError | None:
+    """The OSError behind a failed write: the error itself, or the one it was raised while handling.
+
+    torch.save's zip writer meets a full disk as the file's OSError, then fails again closing the archive and
+    raises a RuntimeError ("[enforce fail at inline_container.cc...] unexpected pos") in its place.
+    """
+    while error is not None and not isinstance(error, OSError):
+        error = error.__context__
+    return error
 
 
 def write_failure(error: OSError, folder: Path, needed: int) -> str:
@@ -134,24 +148,31 @@ def sync_directory(folder: Path) -> None:
         os.close(descriptor)
 
 
+def named_tensors(state: object, name: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of a nested state (dicts, lists, tuples) with their dotted paths (optimizers.main.state.0.step)."""
+    if isinstance(state, torch.Tensor):
+        yield name, state
+    elif isinstance(state, dict | list | tuple):
+        for key, value in state.items() if isinstance(state, dict) else enumerate(state):
+            yield from named_tensors(value, f"{name}.{key}" if name else str(key))
+
+
 def tensor_bytes(state: object) -> int:
     """Bytes of all tensors in a nested state (dicts, lists, tuples): about a checkpoint's size on disk."""
-    if isinstance(state, torch.Tensor):
-        return state.numel() * state.element_size()
-    if isinstance(state, dict):
-        return sum(tensor_bytes(value) for value in state.values())
-    if isinstance(state, list | tuple):
-        return sum(tensor_bytes(value) for value in state)
-    return 0
+    return sum(tensor.numel() * tensor.element_size() for _, tensor in named_tensors(state))
 
 
-def check_run_dir_free(run_dir: Path) -> None:
-    """Raise a one-line DRNetError naming the holder if another run holds `run_dir`; creates nothing."""
-    lock_path = run_dir / RUN_LOCK
-    if fcntl is None or not lock_path.is_file():
-        return
-    with open(lock_path, "rb") as probe:
-        _lock(probe.fileno(), run_dir)  # closing the file releases the probe's lock at once
+def check_writable(folder: Path, what: str) -> None:
+    """Create `folder` if needed and write a file in it (removed at once), or raise a one-line DRNetError.
+
+    Writers that fail late (a background thread, a file after minutes of work) get their folder tried first.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        why = "it is a file, not a folder" if folder.is_file() else error.strerror
+        raise DRNetError(f"cannot write {what} in {folder}: {why}") from error
 
 
 @contextlib.contextmanager
@@ -160,21 +181,51 @@ def hold_run_dir(run_dir: Path) -> Iterator[None]:
 
     The hold is an flock on `run.lock`, which says who holds it (pid, start time, command); the operating
     system drops the lock when the process ends, however it ends, so a killed run never leaves it stuck.
+    Take it before anything looks at the directory, so that what a run finds there stays so while it runs.
+    A directory the hold created and the block left holding the lock alone (a command stopped by a check)
+    is removed again, with the parent folders it created: a refused command leaves nothing behind.
     """
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(run_dir / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as error:
+        created = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]
+    except OSError as error:  # a name too long for the file system
         raise DRNetError(f"cannot create the run directory {run_dir}: {error.strerror}") from error
+    descriptor = _open_locked(run_dir)
     try:
-        if fcntl is not None:
-            _lock(descriptor, run_dir)
         holder = f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(sys.argv)}"
         os.ftruncate(descriptor, 0)  # only now: the previous holder's line stays readable until the lock is ours
         os.write(descriptor, holder.replace("\n", " ").encode() + b"\n")
         yield
     finally:
-        os.close(descriptor)  # releases the lock; the file stays, as locking a file that may vanish is unsafe
+        if created and [path.name for path in run_dir.iterdir()] == [RUN_LOCK]:
+            (run_dir / RUN_LOCK).unlink()  # still locked: a run starting now locks a new file (`_open_locked`)
+            for folder in created:
+                with contextlib.suppress(OSError):  # another run wrote into a parent meanwhile: it stays
+                    folder.rmdir()
+        os.close(descriptor)  # releases the lock
+
+
+def _open_locked(run_dir: Path) -> int:
+    """Create `run_dir` and its lock file, lock it, and return its descriptor; a one-line DRNetError if held.
+
+    A lock file removed while this waited for it (a refused command cleaning up) is no lock: take the new one.
+    """
+    while True:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(run_dir / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise DRNetError(f"cannot create the run directory {run_dir}: {error.strerror}") from error
+        if fcntl is None:
+            return descriptor
+        try:
+            _lock(descriptor, run_dir)
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(descriptor), os.stat(run_dir / RUN_LOCK)):
+                    return descriptor
+        except BaseException:
+            os.close(descriptor)
+            raise
+        os.close(descriptor)
 
 
 def _lock(descriptor: int, run_dir: Path) -> None:
@@ -245,10 +296,12 @@ class MetricsLog:
         self.path, self.columns, self.board = Path(path), ["iteration", *columns], board
         rows = read_metrics(self.path) if resume_from is not None and self.path.exists() else []
         kept = [row for row in rows if row["iteration"] <= resume_from] if rows else []
-        with open(self.path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(self.columns)
-            writer.writerows([[_format(row.get(c, math.nan)) for c in self.columns] for row in kept])
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(self.columns)
+        writer.writerows([[_format(row.get(c, math.nan)) for c in self.columns] for row in kept])
+        # Rewritten as checkpoints are: a run killed right now keeps the rows it had.
+        atomic_write(self.path, lambda sink: sink.write(text.getvalue().encode()), len(text.getvalue()))
 
     def append(self, iteration: int, values: dict[str, float]) -> None:
         """Add one row; missing columns are written empty."""

@@ -7,6 +7,8 @@ DIR holds one clip per entry, in any mix:
 - a video file (.mp4, .avi, .mov, .mkv, .webm, .m4v, .mpg, .mpeg, .wmv), decoded by imageio's FFMPEG plugin
   with the ffmpeg binary inside the imageio-ffmpeg wheel (no system ffmpeg needed).
 Hidden entries, other files and folders without image files are not clips (the log names such folders).
+A folder that cannot be read and a video name that is no readable file (a dangling or looping symbolic link)
+are clips that are skipped as unreadable, named in the log.
 
 The split is by clip, on the names (folder names, video file names with their extension) before any
 file is read, so a broken clip never moves another one to the other side: the names listed in DIR/test.txt
@@ -103,12 +105,20 @@ def clip_entries(root: Path) -> dict[str, Path]:
     """The clips of a data root by name, in sorted order: sub-folders holding image files, and video files."""
     if not root.is_dir():
         raise DRNetError(f"no folder {root}: --data_root must hold {LAYOUT}")
+    try:
+        paths = sorted(root.iterdir())
+    except OSError as error:
+        raise DRNetError(f"cannot read --data_root {root}: {error.strerror}") from error
     entries = {}
-    for path in sorted(root.iterdir()):
+    for path in paths:
         if path.name.startswith("."):
             continue
         if path.is_dir():
-            if any(is_image(child) for child in path.iterdir()):
+            try:
+                clip = any(is_image(child) for child in path.iterdir())
+            except OSError:  # unreadable: it may be a clip, so it keeps its place in the split (folder_clips)
+                clip = True
+            if clip:
                 entries[path.name] = path
             else:
                 log.info("frames: %s holds no image files, not a clip", path)
@@ -156,7 +166,10 @@ def image_problem(path: Path) -> str | None:
 
 def folder_clips(name: str, folder: Path) -> tuple[list[Clip], list[str]]:
     """The clips of a folder of frames, cut at unreadable frames, and the problems found (one line each)."""
-    frames, unnumbered = numbered_frames(folder)
+    try:
+        frames, unnumbered = numbered_frames(folder)
+    except OSError as error:
+        return [], [f"cannot read folder {folder} ({error.strerror}): skipped"]
     problems = [f"{len(unnumbered)} image file(s) in {folder} have no number in their name and are left out "
                 f"(the first: {unnumbered[0].name})"] if unnumbered else []
     runs: list[list[Path]] = [[]]
@@ -174,6 +187,8 @@ def video_clip(name: str, path: Path) -> tuple[list[Clip], list[str]]:
     """A video file as a clip of its counted frames, or no clip and the problem when ffmpeg cannot decode it."""
     import imageio_ffmpeg  # here, not at the top: only video files need ffmpeg, so frame folders work without it
 
+    if not path.is_file():
+        return [], [f"video {path} is no readable file (a symbolic link to nothing, or one that loops): skipped"]
     try:
         length = imageio_ffmpeg.count_frames_and_secs(str(path))[0]
     except (OSError, RuntimeError) as error:
@@ -241,7 +256,7 @@ class FrameClips:
         self.clips: list[Clip] = []
         problems: list[str] = []
         for name in split_names(root, list(entries), split):
-            read = video_clip if entries[name].is_file() else folder_clips
+            read = folder_clips if entries[name].is_dir() else video_clip
             clips, found = read(name, entries[name])
             self.clips += clips
             problems += found
@@ -265,6 +280,11 @@ class FrameClips:
     def num_clips(self) -> int:
         """Number of clips in this split."""
         return len(self.clips)
+
+    @property
+    def longest_clip(self) -> int:
+        """Frames of the longest clip: no sequence of this split is longer."""
+        return int(self._lengths.max())
 
     def _frame(self, clip: int, index: int) -> torch.Tensor:
         """Frame `index` (0-based) of a clip as uint8 (C, S, S), through the caches."""

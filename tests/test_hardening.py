@@ -38,7 +38,6 @@ from utils import (
     DRNetError,
     MetricsLog,
     atomic_write,
-    check_run_dir_free,
     hold_run_dir,
     read_metrics,
 )
@@ -73,19 +72,26 @@ def flags(run_dir: Path, data_root: Path, *extra: str) -> list[str]:
             "--save_dir", str(run_dir), "--data_root", str(data_root), *extra]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_root) -> Path:
-    """A run directory holding the checkpoints of iteration 1 of a tiny DRNET run, as training saves them.
+def save_tiny_run(run_dir: Path, data_root: Path) -> None:
+    """Create `run_dir` holding the checkpoints of iteration 1 of a tiny DRNET run, as training saves them.
 
-    They are saved directly: the pictures and test metrics of a real save would take most of this file's time.
+    They are saved directly, with an empty test report: the pictures and test metrics of a real save would take
+    most of this file's time (a run resumed without that row would write the report first, as after a kill).
     """
-    run_dir = tmp_path_factory.mktemp("trained") / "run"
     config = main.resolve_run(main.build_parser().parse_args(flags(run_dir, data_root))).config
     torch.manual_seed(config["seed"])
     model = DRNet(config)
     run_dir.mkdir()
     train_drnet.save_run_state(run_dir, model, train_drnet.make_optimizers(model, config), config, 1,
                                torch.Generator().manual_seed(config["seed"]).get_state(), config["keep_checkpoints"])
+    MetricsLog(run_dir / "test_metrics.csv", train_drnet.TEST_METRICS).append(1, {})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_root) -> Path:
+    """A run directory holding the checkpoints of iteration 1 of a tiny DRNET run (`save_tiny_run`)."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    save_tiny_run(run_dir, data_root)
     return run_dir
 
 
@@ -143,17 +149,23 @@ def test_a_second_run_is_refused_while_the_first_holds_the_directory_and_not_aft
 
 def test_the_hold_is_exclusive_and_ends_with_its_block(tmp_path):
     run_dir = tmp_path / "run"
-    check_run_dir_free(run_dir)  # nothing there yet, and nothing is created
-    assert not run_dir.exists()
     with hold_run_dir(run_dir):
         with pytest.raises(DRNetError, match=f"in use by another run \\(pid {os.getpid()}, started "):
-            check_run_dir_free(run_dir)
-        with pytest.raises(DRNetError, match="in use by another run"):
             with hold_run_dir(run_dir):
                 pass
-    check_run_dir_free(run_dir)
+        (run_dir / "config.json").write_text("{}")  # the run wrote something: the directory stays
     with hold_run_dir(run_dir):
         pass
+    assert sorted(path.name for path in run_dir.iterdir()) == ["config.json", "run.lock"]
+
+
+def test_a_hold_that_wrote_nothing_leaves_no_directory(tmp_path):
+    run_dir = tmp_path / "new" / "run"
+    with pytest.raises(DRNetError, match="a check failed"):
+        with hold_run_dir(run_dir):
+            assert (run_dir / "run.lock").is_file()
+            raise DRNetError("a check failed")
+    assert not (tmp_path / "new").exists()
 
 
 # 2. A full disk.
@@ -195,7 +207,7 @@ def test_a_full_disk_elsewhere_in_the_run_is_one_line_too(run_dir, data_root, ca
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
     monkeypatch.setattr(train_drnet, "MetricsLog", disk_full)
-    fails_with_one_line(capsys, flags(run_dir, data_root, "--resume", "True"),
+    fails_with_one_line(capsys, flags(run_dir, data_root, "--resume", "True", "--max_iter", "2"),
                         f"no space left on the device writing {run_dir / 'metrics.csv'}; free some space")
 
 
@@ -304,6 +316,7 @@ def test_the_loss_watch_ignores_accuracies_and_falling_losses():
 
 def test_stale_temporary_files_are_removed_and_a_missing_periodic_copy_restored(run_dir, data_root):
     periodic = run_dir / "checkpoints" / "iter_0000001.pt"
+    latest = digest(run_dir / "checkpoint.pt")
     periodic.unlink()  # killed while copying it: the copy never landed
     stale = [run_dir / "checkpoint.pt.tmp", run_dir / "checkpoints" / "iter_0000001.pt.tmp"]
     for path in stale:
@@ -311,9 +324,9 @@ def test_stale_temporary_files_are_removed_and_a_missing_periodic_copy_restored(
     nested = run_dir / "lstm" / "checkpoint.pt.tmp"  # another run's (the LSTM stage's): not ours to remove
     nested.parent.mkdir()
     nested.write_bytes(b"being written")
-    main.main(flags(run_dir, data_root, "--resume", "True"))
+    main.main(flags(run_dir, data_root, "--resume", "True", "--max_iter", "2"))
     assert not any(path.exists() for path in stale) and nested.exists()
-    assert digest(periodic) == digest(run_dir / "checkpoint.pt")
+    assert digest(periodic) == latest
     log_text = (run_dir / "train.log").read_text()
     assert f"removed {stale[0]}, left half-written" in log_text and f"restored the missing periodic copy {periodic}" \
         in log_text
