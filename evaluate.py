@@ -29,6 +29,13 @@ eval_clips, eval_steps, prediction_clips: the clips rolled out, at most PREDICTI
   on the digits' true positions in the same frames: what a pose holding the positions and nothing else
   scores, since two nearby frames of one clip have nearby positions. That, not 0.5, is the reference.
 - probes: see probes.py.
+- identity (Moving MNIST; see identity.py): a digit classifier trained on the training digits only (cached under
+  the data root) reads each digit of a frame. swap gains swap_identity (the model's swaps read as A's digits),
+  swap_identity_other_content (the renderings with C's content read as A's digits: the same share for a decoder
+  that ignores its content), swap_identity_pose_donor (the model's swaps read as B's digits) and
+  swap_identity_truth (the true swaps: the ceiling); prediction gains per-step lists identity (the LSTM's
+  frames read as the clip's digits), true_pose_identity and ground_truth_identity (the true future frames);
+  identity_classifier holds the classifier's accuracy on the test digits, each rendered alone.
 - prediction (pose LSTM): per-step lists mse, psnr, ssim for future steps 1..eval_steps from n_past frames;
   true_pose_* the decoder fed the encoded poses of the true future frames (content of the last observed
   frame, as predict does): the error left if the LSTM predicted every pose exactly; copy_last_* the last
@@ -59,12 +66,13 @@ from benchmark import benchmark_results, table_rows
 from datasets import ClipDataset
 from datasets.moving_mnist import DIGIT_SIZE, MovingMNIST
 from datasets.registry import build_dataset
+from identity import DigitClassifier, check_readable, digit_classifier, identity_curve, swap_identity
 from metrics import mse, per_step, psnr, ssim
 from models import DRNet, SceneDiscriminator, discriminator_pairs
 from predictor import DRNetPredictor
 from probes import NothingToProbe, content_vectors, in_batches, pose_vectors, probe_results
 from runs import load_checkpoint, model_from_checkpoint
-from transfer import content_transfer, digit_channels, invariance_ratio, swap_set
+from transfer import digit_channels, invariance_ratio, swap_renderings, swap_set, transfer_errors
 from utils import DRNetError, save_image_grid
 
 log = logging.getLogger("drnet")
@@ -82,6 +90,9 @@ STREAMS = ("test_frames", "train_frames", "swap", "pairs", "train_pairs", "probe
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # per-image metric: (..., C, H, W) pairs -> (...)
 FRAME_METRICS: dict[str, Metric] = {"mse": mse, "psnr": partial(psnr, eps=PSNR_EPS), "ssim": ssim}
 ANSWERS = {"": "pose LSTM", "true_pose_": "decoder on true poses", "copy_last_": "copy last frame"}
+IDENTITY_CURVES = {"identity": "pose LSTM", "true_pose_identity": "decoder on true poses",
+                   "ground_truth_identity": "true frames"}
+IDENTITY_STEPS = (1, 10, 50, 100)  # the identity rows of the summary (with the last step)
 
 
 def stream_seed(seed: int, stream: str) -> int:
@@ -140,14 +151,20 @@ def content_metrics(model: DRNet, frames: torch.Tensor, device: torch.device) ->
 
 
 def swap_metrics(model: DRNet, dataset: MovingMNIST, n_clips: int, generator: torch.Generator,
-                 device: torch.device, picture: Path | None = None) -> dict[str, float]:
-    """Content transfer and its references on new clips; `picture` shows A_0 | B_t | the model's | the true swap."""
+                 device: torch.device, picture: Path | None = None,
+                 classifier: DigitClassifier | None = None) -> dict[str, float]:
+    """Content transfer and its references on new clips; `picture` shows A_0 | B_t | the model's | the true swap.
+
+    With a digit classifier, also the swaps' identity readings (identity.swap_identity).
+    """
     swaps = swap_set(dataset, n_clips, generator)
-    rendered: list[torch.Tensor] = []
-    results = content_transfer(model, swaps, digit_channels(dataset), device, keep=rendered.append)
+    rendered = swap_renderings(model, swaps, device)
+    results = transfer_errors(rendered, swaps, digit_channels(dataset))
     if picture is not None:
-        rows = torch.stack([swaps.content, swaps.pose, rendered[0], swaps.truth], dim=1)[:SWAP_EXAMPLES]
+        rows = torch.stack([swaps.content, swaps.pose, rendered["right"], swaps.truth], dim=1)[:SWAP_EXAMPLES]
         save_image_grid(rows.flatten(0, 1), picture, columns=4)
+    if classifier is not None:
+        results.update(swap_identity(classifier, rendered, swaps))
     return results
 
 
@@ -238,12 +255,22 @@ def decode_true_poses(model: DRNet, last_observed: torch.Tensor, future: torch.T
 
 @torch.no_grad()
 def prediction_metrics(model: DRNetPredictor, dataset: ClipDataset, n_clips: int, n_past: int, n_future: int,
-                       channels: slice, generator: torch.Generator, device: torch.device) -> dict[str, list[float]]:
-    """Per-step MSE, PSNR, SSIM over `channels` of `model.predict`, the decoder on true poses and the last frame."""
+                       channels: slice, generator: torch.Generator, device: torch.device,
+                       classifier: DigitClassifier | None = None) -> dict[str, list[float]]:
+    """Per-step MSE, PSNR, SSIM over `channels` of `model.predict`, the decoder on true poses and the last frame.
+
+    With a digit classifier (Moving MNIST), also the per-step identity of the LSTM's frames, of the decoder's on
+    true poses and of the true frames (identity.identity_curve), from the same clips.
+    """
     totals = {prefix + name: torch.zeros(n_future, dtype=torch.float64) for prefix in ANSWERS for name in FRAME_METRICS}
+    if classifier is not None:
+        totals.update({key: torch.zeros(n_future, dtype=torch.float64) for key in IDENTITY_CURVES})
     for start in tqdm(range(0, n_clips, PREDICTION_BATCH), desc="prediction", disable=None, leave=False):
         size = min(PREDICTION_BATCH, n_clips - start)
-        clips = dataset.sequence_batch(size, n_past + n_future, generator)
+        if classifier is None:
+            clips = dataset.sequence_batch(size, n_past + n_future, generator)
+        else:  # the same clips, with their digits' classes
+            clips, labels = dataset.labelled_sequence_batch(size, n_past + n_future, generator)
         past, future = clips[:, :n_past], clips[:, n_past:]
         answers = {"": model.predict(past.to(device), n_future).cpu(),
                    "true_pose_": decode_true_poses(model, past[:, -1], future, device),
@@ -252,19 +279,29 @@ def prediction_metrics(model: DRNetPredictor, dataset: ClipDataset, n_clips: int
         for prefix, answer in answers.items():
             for name, metric in FRAME_METRICS.items():  # chunk means weighted by chunk size: the mean over clips
                 totals[prefix + name] += per_step(metric, answer[:, :, channels], target).double() * size
+        if classifier is not None:
+            for key, frames in zip(IDENTITY_CURVES, (answers[""], answers["true_pose_"], future), strict=True):
+                totals[key] += identity_curve(classifier, frames, labels).double() * size
     return {name: (total / n_clips).tolist() for name, total in totals.items()}
 
 
 def plot_prediction_curves(prediction: dict[str, list[float]], path: Path) -> None:
-    """Save MSE, PSNR and SSIM per future step: the LSTM, the decoder on true poses, copying the last frame."""
+    """Save MSE, PSNR and SSIM per future step: the LSTM, the decoder on true poses, copying the last frame;
+    and the digits' identity when measured."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(FRAME_METRICS), figsize=(4.2 * len(FRAME_METRICS), 3.4))
+    panels = len(FRAME_METRICS) + ("identity" in prediction)
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.4))
     steps = np.arange(1, len(prediction["mse"]) + 1)
-    for ax, name in zip(axes, FRAME_METRICS, strict=True):
+    if "identity" in prediction:
+        for (key, label), style in zip(IDENTITY_CURVES.items(), ("-", ":", "--"), strict=True):
+            axes[-1].plot(steps, prediction[key], label=label, linestyle=style)
+        axes[-1].set(title="frames read as the clip's digits", xlabel="future step", ylim=(0, 1.02))
+        axes[-1].legend(fontsize=7)
+    for ax, name in zip(axes, FRAME_METRICS, strict=False):
         for (prefix, label), style in zip(ANSWERS.items(), ("-", ":", "--"), strict=True):
             ax.plot(steps, prediction[prefix + name], label=label, linestyle=style)
         ax.set_title(name.upper())
@@ -289,6 +326,13 @@ def format_table(results: dict) -> str:
         add("swap", "MSE to true swap, A's content", swap["swap_mse"],
             f"other clip's content: {swap['swap_mse_other_content']:.4f}, mean content: "
             f"{swap['swap_mse_mean_content']:.4f}, B's frame: {swap['swap_mse_pose_frame']:.4f}")
+        if "swap_identity" in swap:
+            add("swap", "read as A's digits (identity)", swap["swap_identity"],
+                f"other clip's content: {swap['swap_identity_other_content']:.4f}, as B's digits: "
+                f"{swap['swap_identity_pose_donor']:.4f}, true swap: {swap['swap_identity_truth']:.4f}")
+    if "identity_classifier" in results:
+        add("identity", "classifier accuracy, test digits", results["identity_classifier"]["test_accuracy"],
+            f"trained on {results['identity_classifier']['trained_on']} only")
     content = results["content"]
     add("content", "invariance ratio", content["invariance_ratio"], "within-clip share; 0 ideal, 1 none")
     add("content", "spread (std across clips)", content["spread"], "not scale-free: shrinks with the scale")
@@ -322,6 +366,11 @@ def format_table(results: dict) -> str:
             add("prediction", f"{name.upper()} at step {step}", prediction[name][step - 1],
                 f"true poses: {prediction['true_pose_' + name][step - 1]:.4f}, "
                 f"copy last: {prediction['copy_last_' + name][step - 1]:.4f}")
+    if "identity" in prediction:
+        for step in sorted({*IDENTITY_STEPS, n_steps} & set(range(1, n_steps + 1))):
+            add("prediction", f"identity at step {step}", prediction["identity"][step - 1],
+                f"true poses: {prediction['true_pose_identity'][step - 1]:.4f}, "
+                f"true frames: {prediction['ground_truth_identity'][step - 1]:.4f}")
     benchmark = results.get("benchmark", {})
     for what, value, reference in table_rows(benchmark):
         add("benchmark", what, value, reference)
@@ -364,11 +413,21 @@ def evaluate(checkpoint: str | Path, overrides: dict, device: torch.device, stor
     mnist = isinstance(test_set, MovingMNIST)
     channels = digit_channels(test_set) if mnist else slice(None)
 
+    classifier = None
     if mnist:
+        try:  # its own training draws from a generator of its own: no evaluation stream moves
+            check_readable(test_set.channels, test_set.num_digits)
+            with one_thread():  # trained once per data root and image size, then read from its cache
+                classifier = digit_classifier(config["data_root"], config["image_width"], device)
+            results["identity_classifier"] = {"test_accuracy": classifier.test_accuracy,
+                                              "trained_on": classifier.trained_on}
+        except DRNetError as error:
+            results["skipped"]["identity"] = str(error)
         results["swap"] = swap_metrics(model, test_set, n_clips, seeded(seed, "swap"), device,
-                                       out_dir / "swap_examples.png")
+                                       out_dir / "swap_examples.png", classifier)
     else:
         results["skipped"]["swap"] = f"no ground-truth swaps for {config['dataset']}"
+        results["skipped"]["identity"] = f"no digits to read in {config['dataset']}: identity is a Moving MNIST metric"
     test = leakage_frames(test_set, n_clips, seeded(seed, "test_frames"))
     results["content"] = content_metrics(model, test.frames, device)
     results["reconstruction"] = reconstruction_metrics(model, test.frames, channels, device)
@@ -382,7 +441,7 @@ def evaluate(checkpoint: str | Path, overrides: dict, device: torch.device, stor
         try:
             results["prediction"] = prediction_metrics(model, test_set, min(n_clips, PREDICTION_CLIPS),
                                                        config["n_past"], n_steps, channels,
-                                                       seeded(seed, "prediction"), device)
+                                                       seeded(seed, "prediction"), device, classifier)
             plot_prediction_curves(results["prediction"], out_dir / "prediction_curves.png")
         except DRNetError as error:  # finite datasets (KTH) may hold no clip of n_past + eval_steps frames
             results["skipped"]["prediction"] = str(error)

@@ -33,6 +33,9 @@ class SwapSet(NamedTuple):
     other_content: torch.Tensor  # (N, C, S, S) a third clip C at frame 0
     pose: torch.Tensor  # (N, C, S, S) B at frame t
     truth: torch.Tensor  # (N, C, S, S) A's digits on B's trajectory at t, A's digit in front
+    content_labels: torch.Tensor  # (N, D) the classes of A's digits
+    other_labels: torch.Tensor  # (N, D) C's
+    pose_labels: torch.Tensor  # (N, D) B's
 
 
 def swap_ground_truth(dataset: MovingMNIST, clips_a: Clips, clips_b: Clips, times: torch.Tensor) -> torch.Tensor:
@@ -50,7 +53,8 @@ def swap_set(dataset: MovingMNIST, n_clips: int, generator: torch.Generator) -> 
     start = torch.zeros_like(times)
     truth = swap_ground_truth(dataset, clips_a, clips_b, times)[:, 0]
     return SwapSet(dataset.render_clips(clips_a, start)[:, 0], dataset.render_clips(clips_c, start)[:, 0],
-                   dataset.render_clips(clips_b, times)[:, 0], truth)
+                   dataset.render_clips(clips_b, times)[:, 0], truth,
+                   *(dataset.labels[clips.digits] for clips in (clips_a, clips_c, clips_b)))
 
 
 def digit_channels(dataset: MovingMNIST) -> slice:
@@ -72,12 +76,8 @@ def expand(content: Content, batch: int) -> Content:
 
 
 @torch.no_grad()
-def content_transfer(model: DRNet, swaps: SwapSet, channels: slice, device: torch.device,
-                     keep: Callable[[torch.Tensor], None] | None = None) -> dict[str, float]:
-    """Swap errors with A's, C's and the mean content, and content_transfer = 1 - right / other clip.
-
-    `keep`, when given, receives the renderings with the right content (N, C, S, S) on the CPU.
-    """
+def swap_renderings(model: DRNet, swaps: SwapSet, device: torch.device) -> dict[str, torch.Tensor]:
+    """B's poses rendered (N, C, S, S, on the CPU) with A's content ("right"), C's ("other"), the mean ("mean")."""
     chunks = range(0, len(swaps.pose), CHUNK)
 
     def encode(frames: torch.Tensor) -> list[Content]:
@@ -91,13 +91,28 @@ def content_transfer(model: DRNet, swaps: SwapSet, channels: slice, device: torc
         rendered["right"].append(model.decode(content, pose).cpu())
         rendered["other"].append(model.decode(other, pose).cpu())
         rendered["mean"].append(model.decode(expand(average, len(pose)), pose).cpu())
+    return {name: torch.cat(frames) for name, frames in rendered.items()}
+
+
+def transfer_errors(rendered: dict[str, torch.Tensor], swaps: SwapSet, channels: slice) -> dict[str, float]:
+    """Swap errors over `channels` of `swap_renderings`, and content_transfer = 1 - right / other clip."""
     truth = swaps.truth[:, channels]
-    errors = {name: mse(torch.cat(frames)[:, channels], truth).mean().item() for name, frames in rendered.items()}
-    if keep is not None:
-        keep(torch.cat(rendered["right"]))
+    errors = {name: mse(frames[:, channels], truth).mean().item() for name, frames in rendered.items()}
     return {"content_transfer": 1.0 - errors["right"] / errors["other"], "swap_mse": errors["right"],
             "swap_mse_other_content": errors["other"], "swap_mse_mean_content": errors["mean"],
             "swap_mse_pose_frame": mse(swaps.pose[:, channels], truth).mean().item()}
+
+
+def content_transfer(model: DRNet, swaps: SwapSet, channels: slice, device: torch.device,
+                     keep: Callable[[torch.Tensor], None] | None = None) -> dict[str, float]:
+    """Swap errors with A's, C's and the mean content, and content_transfer = 1 - right / other clip.
+
+    `keep`, when given, receives the renderings with the right content (N, C, S, S) on the CPU.
+    """
+    rendered = swap_renderings(model, swaps, device)
+    if keep is not None:
+        keep(rendered["right"])
+    return transfer_errors(rendered, swaps, channels)
 
 
 def invariance_ratio(first: torch.Tensor, second: torch.Tensor) -> float:

@@ -186,8 +186,13 @@ class MovingMNIST:
 
     def sequence_batch(self, batch_size: int, length: int, generator: torch.Generator) -> torch.Tensor:
         """Clips of `length` consecutive frames (B, T, C, S, S); any length works."""
+        return self.labelled_sequence_batch(batch_size, length, generator)[0]
+
+    def labelled_sequence_batch(self, batch_size: int, length: int, generator: torch.Generator
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`sequence_batch`'s clips (the same draws) and the classes (B, D) of their digits."""
         clips = self.sample_clips(batch_size, generator)
-        return self.render_clips(clips, torch.arange(length).expand(batch_size, -1))
+        return self.render_clips(clips, torch.arange(length).expand(batch_size, -1)), self.labels[clips.digits]
 
 
 def moving_mnist(data_root: str, split: str, image_size: int, channels: int, max_step: int,

