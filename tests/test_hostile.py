@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_hardening import Collect, digest, fails_with_one_line, flags, save_tiny_run, write_mnist_files
+from test_hardening import Collect, digest, fails_with_one_line, flags
 
 import demo
 import hubconf
@@ -35,6 +35,7 @@ from datasets.frames import FrameClips
 from runs import export_weights, load_checkpoint, tensor_checksum, with_checksums
 from utils import DRNetError, read_metrics
 
+pytest_plugins = ["test_hardening"]  # its fixtures: data_root, trained (a tiny run at iteration 1) and run_dir (a copy)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = REPO_ROOT / "saved_results" / "drnet_mnist_fp16.pt"
 # What a child process sets up before it runs main.main(sys.argv[1:]) with one patch: the conftest's few swaps.
@@ -46,28 +47,6 @@ torch.set_num_threads(1)
 import main, runs, train_drnet
 train_drnet.SWAP_CLIPS = 16
 """
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    """A data root holding MNIST files."""
-    root = tmp_path_factory.mktemp("data")
-    write_mnist_files(root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_root) -> Path:
-    """A run directory holding the checkpoints of iteration 1 of a tiny DRNET run (no report written yet)."""
-    run_dir = tmp_path_factory.mktemp("trained") / "run"
-    save_tiny_run(run_dir, data_root)
-    return run_dir
-
-
-@pytest.fixture
-def run_dir(trained, tmp_path) -> Path:
-    """A copy of the trained run directory that a test may change."""
-    return Path(shutil.copytree(trained, tmp_path / "run"))
 
 
 def start_child(patch: str, argv: list[str], **env: str) -> subprocess.Popen:
