@@ -277,10 +277,11 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
     """Train the pose LSTM on the (train, test) clips as the config says, in `config['run_dir']`; return it.
 
     `checkpoint` is loaded and checked by main.py: the LSTM checkpoint of `config['resume_from']` when
-    resuming, else the DRNET checkpoint of `config['drnet_checkpoint']` to freeze. The frozen DRNET encodes the
-    training clips under `precision` (bf16 autocast or fp32); the LSTM, test metrics and roll-outs stay fp32. Started by torchrun, each
-    process trains on its share of every batch and rank 0 alone writes (distributed.py); the frozen DRNET
-    runs in eval mode, so its BatchNorm needs no other rank's statistics and is left as it is.
+    resuming, else the DRNET checkpoint of `config['drnet_checkpoint']` to freeze. The frozen DRNET encodes
+    the training clips under `precision` (bf16 autocast or fp32); the LSTM, test metrics and roll-outs stay
+    fp32. Started by torchrun, each process trains on its share of every batch and rank 0 alone writes
+    (distributed.py); the frozen DRNET runs in eval mode, so its BatchNorm needs no other rank's statistics
+    and is left as it is.
     """
     n_past, n_future = config["n_past"], config["n_future"]
     generator = torch.Generator().manual_seed(distributed.data_seed(config["seed"]))
