@@ -23,6 +23,7 @@ import torch
 
 import distributed
 from board import tensorboard_missing
+from datasets.moving_mnist import SAMPLINGS
 from datasets.prefetch import MAX_AHEAD
 from datasets.registry import DATASETS, available, build_dataset
 from flag_sources import authors_flag_hint, config_tokens
@@ -54,7 +55,7 @@ DEFAULT_DATASET = "mnist"
 DEFAULTS = {"lr": 0.002, "beta1": 0.5, "batch_size": 100, "max_iter": 50000, "max_step": 20,
             "save_iters": 500, "seed": 1, "data_root": "data", "num_digits": 2, "keep_checkpoints": 5,
             "data_threads": 0, "device": "auto", "gpu": 0, "amp": "auto", "compile": False, "sync_every": 10,
-            "tensorboard": False, **HEAD_DEFAULTS}
+            "tensorboard": False, "sampling": "independent", **HEAD_DEFAULTS}
 # Flags that choose what to do or where, never stored as part of the model's configuration.
 RUN_FLAGS = ("resume", "start_iter", "save_dir", "use_lstm", "evaluate", "checkpoint", "eval_clips", "eval_steps",
              "eval_dir", "config")
@@ -125,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "the content encoder (the authors' code: True)")
     model.add_argument("--normalize", **boolean, help="put content and pose vectors on the unit sphere, as the "
                                                       "authors' Lua -normalize (False)")
+    model.add_argument("--normalize_pose", **boolean, help="put the pose vector alone on the unit sphere, as "
+                                                           "drnet-py's --normalize (False)")
     train = parser.add_argument_group("training")
     train.add_argument("--alpha", type=float, help="weight of the similarity loss")
     train.add_argument("--beta", type=float, help="weight of the adversarial loss")
@@ -137,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max_step", type=int, help=f"largest distance between two frames of a clip "
                                                     f"({DEFAULTS['max_step']})")
     train.add_argument("--num_digits", type=int, help=f"Moving MNIST digits per clip ({DEFAULTS['num_digits']})")
+    train.add_argument("--sampling", choices=SAMPLINGS, help="which frames of a Moving MNIST clip make a training "
+                                                             "example: independent draws within --max_step; the "
+                                                             "Lua code's (content frame 0, target 1 to max_step-2 "
+                                                             "frames later; its --max_step is 12); drnet-py's "
+                                                             "frames 0-3 (see docs/faithfulness.md; "
+                                                             f"{DEFAULTS['sampling']})")
     train.add_argument("--seed", type=int, help=f"random seed of weights and data ({DEFAULTS['seed']})")
     lstm = parser.add_argument_group("LSTM stage (with --use_lstm True)")
     lstm.add_argument("--n_past", type=int, help=f"observed frames before the prediction ({LSTM_DEFAULTS['n_past']})")
@@ -311,6 +320,11 @@ def check_config(config: dict, lstm: bool = False) -> None:
     if config["image_width"] not in SUPPORTED_SIZES:
         raise DRNetError(f"unsupported --image_width {config['image_width']}: the networks are built for "
                          f"{' or '.join(map(str, SUPPORTED_SIZES))} px")
+    if config["sampling"] != "independent" and config["dataset"] != "mnist":
+        raise DRNetError(f"--sampling {config['sampling']} follows the authors' Moving MNIST code; other datasets "
+                         "draw their frames independently within --max_step: drop the flag")
+    if config["sampling"] == "lua" and config["max_step"] < 3:
+        raise DRNetError(f"--sampling lua needs --max_step of at least 3, got {config['max_step']}")
     if config["batch_size"] < 2 and not lstm:  # the LSTM stage has no scene discriminator
         raise DRNetError("--batch_size must be at least 2: the scene discriminator pairs different clips")
     if config["dataset"] != "mnist" and not os.path.isdir(config["data_root"]):  # only MNIST downloads into it

