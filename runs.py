@@ -8,7 +8,9 @@ checkpoint.pt (the latest) and checkpoints/iter_N.pt (periodic copies); the LSTM
   state dict), optimizers {"main", "discriminator"}, rng (`rng_state`; a run of several processes adds
   every rank's data generator state as rng["data_ranks"]);
 - kind "lstm": config (the LSTM stage's), drnet_config, iteration, model (the DRNET's weights), lstm
-  (the pose LSTM's), optimizers {"lstm"}, rng.
+  (the pose LSTM's), optimizers {"lstm"}, rng;
+- kind "pose_lstm" (`export_lstm`): config, iteration, lstm, and the name and weights' checksum of the
+  DRNET export beside it, with which `load_checkpoint` combines it into a kind "lstm" checkpoint.
 Both, and the half-precision exports, hold checksums {part: `tensor_checksum(checkpoint[part])`} of each part
 that holds tensors (files older than checksums have none). Every path reads a checkpoint once, through
 `load_checkpoint` (which verifies the checksums and refuses non-finite weights), and passes the loaded dict
@@ -214,14 +216,45 @@ def export_weights(checkpoint: dict, path: str | Path) -> None:
 
     `load_model` reads the result like any checkpoint (loading casts the weights back to float32).
     """
-    def half(state: dict) -> dict:
-        return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-
     kept = {k: v for k, v in checkpoint.items() if k not in ("optimizers", "rng")}
-    kept["model"] = half(checkpoint["model"])
+    kept["model"] = half_precision(checkpoint["model"])
     if "lstm" in checkpoint:
-        kept["lstm"] = half(checkpoint["lstm"])
+        kept["lstm"] = half_precision(checkpoint["lstm"])
     save_checkpoint(with_checksums(kept), path)  # the checksums of the half-precision tensors, as stored
+
+
+def half_precision(state: dict) -> dict:
+    """A state dict with its floating-point tensors in half precision."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def export_lstm(checkpoint: dict, drnet_file: str | Path, path: str | Path) -> None:
+    """Save the pose LSTM of an LSTM-stage checkpoint alone, in half precision, paired with `drnet_file`.
+
+    `drnet_file` is a half-precision export of the DRNET the LSTM was trained on (the DRNET weights of
+    `checkpoint` in half precision must equal its own); the result names it and holds the checksum of its
+    weights, so that `load_checkpoint` combines the two and notices when that file changed. A new LSTM for
+    a shipped DRNET thus adds a 2 MB file instead of another copy of the 23 MB DRNET.
+    """
+    drnet_file = Path(drnet_file)
+    drnet = load_checkpoint(drnet_file)
+    paired = tensor_checksum(drnet["model"])
+    if tensor_checksum(half_precision(checkpoint["model"])) != paired:
+        raise DRNetError(f"{drnet_file} does not hold the DRNET this LSTM was trained on")
+    lstm_file = {"kind": "pose_lstm", "config": checkpoint["config"], "iteration": checkpoint["iteration"],
+                 "lstm": half_precision(checkpoint["lstm"]), "drnet_file": drnet_file.name, "drnet_checksum": paired}
+    save_checkpoint(with_checksums(lstm_file), path)
+
+
+def paired_with_drnet(lstm_file: dict, path: Path, map_location: str | torch.device) -> dict:
+    """The LSTM-stage checkpoint of a pose-LSTM file (`export_lstm`) and the DRNET file beside it."""
+    drnet_path = path.parent / lstm_file["drnet_file"]
+    drnet = load_checkpoint(drnet_path, map_location)
+    if tensor_checksum(drnet["model"]) != lstm_file["drnet_checksum"]:
+        raise DRNetError(f"{drnet_path} does not hold the DRNET weights that {path.name} was trained on (their "
+                         "checksum differs: the file is corrupt or was replaced); use the copy that came with it")
+    return {"kind": "lstm", "config": lstm_file["config"], "drnet_config": drnet.get("drnet_config", drnet["config"]),
+            "iteration": lstm_file["iteration"], "model": drnet["model"], "lstm": lstm_file["lstm"]}
 
 
 # ---- Reading checkpoints ----
@@ -243,6 +276,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as error:  # truncated, corrupt, or not a checkpoint at all
         raise DRNetError(f"cannot read checkpoint {path}: {type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else 'unreadable'}") from error
+    if isinstance(checkpoint, dict) and checkpoint.get("kind") == "pose_lstm" and "drnet_file" in checkpoint:
+        check_integrity(checkpoint, path)
+        return paired_with_drnet(checkpoint, path, map_location)
     if not isinstance(checkpoint, dict) or "config" not in checkpoint or "model" not in checkpoint:
         raise DRNetError(f"{path} is not a DRNET checkpoint of this project")
     check_integrity(checkpoint, path)

@@ -19,7 +19,7 @@ from datasets import moving_mnist
 from datasets.registry import DATASETS
 from models import DRNet
 from predictor import DRNetPredictor, PoseLSTM
-from runs import export_weights, load_model
+from runs import export_lstm, export_weights, load_model
 from train_lstm import (
     CodePool,
     encode_clips,
@@ -30,7 +30,7 @@ from train_lstm import (
     save_rollout,
     teacher_forced_loss,
 )
-from utils import read_metrics
+from utils import DRNetError, read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -429,6 +429,24 @@ def test_half_precision_export_loads_and_predicts_like_the_original(lstm_dir, tm
     original, exported = load_model(source), load_model(shipped)
     assert all(p.dtype == torch.float32 for p in exported.parameters())  # cast back on loading
     assert torch.allclose(original.predict(past, 4), exported.predict(past, 4), atol=2e-2)
+
+
+def test_a_pose_lstm_file_loads_with_the_drnet_file_beside_it(lstm_dir, drnet_dir, tmp_path):
+    source = torch.load(lstm_dir[0] / "checkpoint.pt", weights_only=True)
+    export_weights(source, tmp_path / "drnet.pt")  # the DRNET shipped once (here with an older LSTM inside)
+    export_lstm(source, tmp_path / "drnet.pt", tmp_path / "lstm.pt")
+    assert (tmp_path / "lstm.pt").stat().st_size < 0.2 * (tmp_path / "drnet.pt").stat().st_size
+    past = torch.rand(2, 3, 3, 64, 64)
+    whole, paired = load_model(tmp_path / "drnet.pt"), load_model(tmp_path / "lstm.pt")
+    assert torch.equal(whole.predict(past, 4), paired.predict(past, 4))
+    other = torch.load(drnet_dir / "checkpoint.pt", weights_only=True)
+    export_weights({**other, "model": {k: v + 1 if v.is_floating_point() else v for k, v in other["model"].items()}},
+                   tmp_path / "other.pt")
+    with pytest.raises(DRNetError, match="does not hold the DRNET this LSTM was trained on"):
+        export_lstm(source, tmp_path / "other.pt", tmp_path / "wrong.pt")
+    (tmp_path / "other.pt").replace(tmp_path / "drnet.pt")  # the DRNET file replaced under the LSTM file
+    with pytest.raises(DRNetError, match="does not hold the DRNET weights that lstm.pt was trained on"):
+        load_model(tmp_path / "lstm.pt")
 
 
 def test_demo_writes_every_picture_from_a_model(lstm_dir, tmp_path, capsys):
