@@ -95,7 +95,8 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, image_size: int
     optimizer = torch.optim.Adam(classifier.parameters(), lr=LR)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
     classifier.train()
-    with torch.enable_grad():  # callers may evaluate under no_grad
+    # fp32 whatever the caller's autocast (evaluate runs under --amp): the same classifier on every machine
+    with torch.enable_grad(), torch.autocast(device.type, enabled=False):  # callers may evaluate under no_grad
         for _ in range(steps):
             frames, classes = rendered_digits(train, BATCH // 2, generator)
             loss = F.cross_entropy(classifier(frames.to(device)), classes.to(device))
@@ -148,8 +149,9 @@ def read_digits(classifier: DigitClassifier, frames: torch.Tensor, num_digits: i
     check_readable(frames.shape[1], num_digits)
     device = next(classifier.parameters()).device
     channels = frames[:, :num_digits].flatten(0, 1)[:, None].float().clamp(0, 1)
-    readings = [classifier(channels[i:i + READ_CHUNK].to(device)).argmax(1).cpu()
-                for i in range(0, len(channels), READ_CHUNK)]
+    with torch.autocast(device.type, enabled=False):  # read in fp32, as it was trained
+        readings = [classifier(channels[i:i + READ_CHUNK].to(device)).argmax(1).cpu()
+                    for i in range(0, len(channels), READ_CHUNK)]
     return torch.cat(readings).view(len(frames), num_digits)
 
 

@@ -35,12 +35,14 @@ def few_periodic_swaps(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def quick_digit_classifier(monkeypatch):
+def quick_digit_classifier(monkeypatch, request):
     """Evaluations on Moving MNIST train their digit classifier for 20 steps instead of a minute's worth: the
-    evaluation tests check the identity fields, tests/test_identity.py checks a classifier trained for real."""
+    evaluation tests check the identity fields, tests/test_identity.py checks a classifier trained for real.
+    Slow tests get the real one."""
     import identity
 
-    monkeypatch.setattr(identity, "TRAIN_STEPS", 20)
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setattr(identity, "TRAIN_STEPS", 20)
 
 
 @pytest.fixture(autouse=True)

@@ -1,12 +1,14 @@
 """The Moving MNIST model shipped in saved_results/: it loads from its half-precision file, draws the content
 frame's digit (content transfer clearly above 0, where a content-blind decoder scores 0), and its pose LSTM
-predicts 10 steps ahead better than repeating the last observed frame."""
+predicts 10 steps ahead better than repeating the last observed frame, and (once retrained, issue 23) keeps the
+clip's digit for 100 steps."""
 
 import pytest
 import torch
 
 from datasets.moving_mnist import moving_mnist
 from demo import SHIPPED_MODEL
+from identity import digit_classifier, identity_curve
 from metrics import mse
 from runs import load_model
 from transfer import content_transfer, digit_channels, swap_set
@@ -50,3 +52,16 @@ def test_the_shipped_lstm_beats_copying_the_last_frame_at_10_steps(shipped):
     lstm_error = mse(predicted[:, 9], future[:, 9]).mean()
     copy_last_error = mse(past[:, 9], future[:, 9]).mean()
     assert lstm_error < 0.8 * copy_last_error
+
+
+@pytest.mark.slow  # trains the digit classifier (~1 CPU-minute), then rolls 64 clips out for 100 steps
+@pytest.mark.xfail(strict=False, reason="the shipped pose LSTM is being retrained (issue 23)")
+def test_the_shipped_lstm_keeps_the_digit_for_100_steps(shipped, tmp_path):
+    model, test_set = shipped
+    classifier = digit_classifier(str(tmp_path), test_set.image_size, torch.device("cpu"))
+    clips, labels = test_set.labelled_sequence_batch(64, 10 + 100, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        predicted = model.predict(clips[:, :10], 100)
+    identity = identity_curve(classifier, predicted, labels)
+    assert identity_curve(classifier, clips[:, 10:], labels).mean() > 0.9  # the classifier reads the true frames
+    assert identity[9] >= 0.9 and identity[99] >= 0.85
