@@ -1,0 +1,76 @@
+"""Screen pose-LSTM checkpoints by what a user sees in their roll-outs: does the digit stay, and where is it?
+
+    python -m benchmarks.lstm_screen runs/a/lstm/checkpoint.pt runs/b/lstm/checkpoint.pt --clips 100
+
+For each Moving MNIST checkpoint, on the same fixed test clips: the share of roll-out frames the digit
+classifier (identity.py) reads as the clip's own digits at steps 1, 10, 50 and 100, the same for the
+decoder fed the true future poses (the ceiling of any pose LSTM with this DRNET), the frame MSE at those
+steps, and the teacher-forced pose error on test clips (held out) and on training clips the run never drew
+(another seed), as `main.py --evaluate` would take minutes to give. Prints one Markdown row per checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from datasets.moving_mnist import moving_mnist
+from identity import digit_classifier, identity_curve
+from runs import load_checkpoint, model_from_checkpoint
+from train_lstm import encode_clips, teacher_forced_loss
+
+STEPS = (1, 10, 50, 100)
+UNSEEN_TRAIN_SEED = 987654321  # no run's data seed: training clips that no screened run drew
+
+
+@torch.no_grad()
+def screen(path: str, clips: int, steps: int, seed: int) -> dict[str, float]:
+    """The identity, MSE and pose-error figures of one LSTM-stage checkpoint."""
+    checkpoint = load_checkpoint(path)
+    model = model_from_checkpoint(checkpoint).eval()
+    config, n_past, n_future = model.config, checkpoint["config"]["n_past"], checkpoint["config"]["n_future"]
+
+    def split(name: str):
+        return moving_mnist(config["data_root"], name, config["image_width"], config["channels"], config["max_step"],
+                            config["num_digits"], download=False)
+
+    test_set, train_set = split("test"), split("train")
+    frames, labels = test_set.labelled_sequence_batch(clips, n_past + steps, torch.Generator().manual_seed(seed))
+    predicted = model.predict(frames[:, :n_past], steps)
+    content = model.encode_content(frames[:, n_past - 1])
+    true_poses = model.decode_sequence(content, model.encode_pose_sequence(frames[:, n_past:]))
+    classifier = digit_classifier(config["data_root"], config["image_width"], torch.device("cpu"))
+    rollout, ceiling = identity_curve(classifier, predicted, labels), identity_curve(classifier, true_poses, labels)
+    truth = frames[:, n_past:]
+    row = {"iteration": float(checkpoint["iteration"])}
+    for step in (s for s in STEPS if s <= steps):
+        row[f"identity@{step}"] = rollout[step - 1].item()
+        row[f"true poses@{step}"] = ceiling[step - 1].item()
+        row[f"mse@{step}"] = (predicted[:, step - 1] - truth[:, step - 1]).pow(2).mean().item()
+    length = n_past + n_future
+    for name, dataset, data_seed in (("test", test_set, seed), ("unseen train", train_set, UNSEEN_TRAIN_SEED)):
+        sequences = dataset.sequence_batch(clips, length, torch.Generator().manual_seed(data_seed))
+        row[f"pose mse {name}"] = teacher_forced_loss(model.lstm, *encode_clips(model, sequences, n_past)).item()
+    return row
+
+
+def main() -> None:
+    """Screen the checkpoints named on the command line and print a Markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("--clips", type=int, default=100, help="test clips per checkpoint (100)")
+    parser.add_argument("--steps", type=int, default=100, help="frames generated after 10 observed ones (100)")
+    parser.add_argument("--seed", type=int, default=2, help="which test clips (2)")
+    args = parser.parse_args()
+    rows = {path: screen(path, args.clips, args.steps, args.seed) for path in args.checkpoints}
+    columns = list(next(iter(rows.values())))
+    print("| checkpoint | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    for path, row in rows.items():
+        print(f"| {path} | " + " | ".join(f"{row[c]:.0f}" if c == "iteration" else f"{row[c]:.4f}" for c in columns)
+              + " |")
+
+
+if __name__ == "__main__":
+    main()
