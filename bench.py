@@ -13,8 +13,10 @@ iteration. "ours" is main.py's step in fp32 (on a CPU with AMX, `--amp auto` run
 channels_last"); each other variant changes one or two things. A variant's time is the mean
 over its timed iterations, measured from an idle device to an idle device (a GPU may run ahead in between).
 bf16 variants are skipped where `--amp auto` would not use bf16 (no AMX or AVX-512 bf16: emulated bf16 is
-several times slower than fp32), and "ours, compile" runs only when named with --variants. Each variant runs
-in a fresh subprocess so that its peak memory is its own. Prints Markdown tables.
+several times slower than fp32), and "ours, compile" runs only when named with --variants. "captured" is
+`--cuda_graph True`: the whole step recorded once as a CUDA graph and replayed (CUDA only; elsewhere its rows
+say why they were skipped). Each variant runs in a fresh subprocess so that its peak memory is its own. Prints
+Markdown tables.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import resource
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +36,7 @@ from models import DRNet
 
 # What main.py does by default; each variant changes some of it.
 OURS = {"authors": False, "bf16": False, "channels_last": False, "skips": False, "cudnn_benchmark": False,
-        "read_every": 10, "fused_adam": True, "compile": False, "pinned": False}
+        "read_every": 10, "fused_adam": True, "compile": False, "pinned": False, "captured": False}
 VARIANTS = {
     # The authors' passes, their per-tensor Adam, their loss read (`.data[0]`) every iteration.
     "reference": {"authors": True, "read_every": 1, "fused_adam": False},
@@ -47,6 +50,8 @@ VARIANTS = {
     "ours, compile": {"compile": True},
     "ours, cudnn.benchmark": {"cudnn_benchmark": True},
     "ours, pinned batches": {"pinned": True},
+    "captured": {"captured": True},
+    "captured bf16": {"captured": True, "bf16": True},
 }
 GPU_ONLY = ("ours, losses read every iteration", "ours, cudnn.benchmark", "ours, pinned batches")  # CPU: no change
 NAMED_ONLY = ("ours, compile",)  # run only when named: compiling takes minutes on a CPU
@@ -91,9 +96,9 @@ def measure(variant: str, batch_size: int, iters: int, warmup: int, device_name:
     """
     from datasets.moving_mnist import moving_mnist
     from datasets.registry import DATASETS
-    from precision import compile_networks, to_channels_last
+    from precision import FP32, Precision, compile_networks, set_capturable, to_channels_last
     from runs import read_losses
-    from train_drnet import make_optimizers, train_step
+    from train_drnet import captured_step, make_optimizers, train_step
     from utils import resolve_device
 
     options = {**OURS, **VARIANTS[variant]}
@@ -120,6 +125,11 @@ def measure(variant: str, batch_size: int, iters: int, warmup: int, device_name:
     else:
         def draw(batch: int, generator: torch.Generator) -> torch.Tensor:
             return torch.rand(4, batch, channels, size, size, generator=generator)
+    if options["captured"]:  # recorded here, before the warm-up: what main.py does before its first iteration
+        for optimizer in optimizers.values():
+            set_capturable(optimizer, True)
+        graphed = captured_step(model, optimizers, {**config, "seed": 0}, SimpleNamespace(drnet_batch=draw), batch_size,
+                                Precision(torch.bfloat16, "bench") if options["bf16"] else FP32, device)
 
     def synchronize() -> None:
         if device.type == "cuda":
@@ -139,7 +149,9 @@ def measure(variant: str, batch_size: int, iters: int, warmup: int, device_name:
             frames = to_channels_last(frames)
         data_s += time.perf_counter() - drawn
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=options["bf16"]):
-            if options["authors"]:
+            if options["captured"]:
+                pending.append(graphed(frames))
+            elif options["authors"]:
                 pending.append(reference_step(model, optimizers, frames, config["alpha"], config["beta"]))
             else:
                 pending.append(train_step(model, optimizers, frames, config["alpha"], config["beta"], generator))
@@ -206,6 +218,7 @@ def main() -> None:
                                                                                       "and frame size")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="variants to run (default: all that "
                                                                               "apply on this machine)")
+    parser.add_argument("--no_rollout", action="store_true", help="skip the roll-out table")
     parser.add_argument("--one", choices=[*VARIANTS, "rollout"], help=argparse.SUPPRESS)  # used by the subprocesses
     args = parser.parse_args()
     if args.one:
@@ -225,6 +238,9 @@ def main() -> None:
     for variant in args.variants or list(VARIANTS):
         if not args.variants and (variant in NAMED_ONLY or (variant in GPU_ONLY and device.type != "cuda")):
             continue
+        if VARIANTS[variant].get("captured") and device.type != "cuda":
+            print(f"| {variant} | skipped: graph capture needs a CUDA GPU, this run is on {device} | | | | | |")
+            continue
         if VARIANTS[variant].get("bf16") and not args.variants and bf16.dtype is None:
             print(f"| {variant} | skipped: {bf16.reason} | | | | | |")
             continue
@@ -237,8 +253,10 @@ def main() -> None:
         ratio = f"{row['s_per_iter'] / reference:.2f}" if reference else "-"
         memory = "GPU " if row["device"].startswith("cuda") else "RSS "
         print(f"| {variant}, {args.dataset}, batch {args.batch_size}, {row['size']} px | {row['device']} "
-              f"({row['threads']}) | {row['s_per_iter']:.3f} | {args.batch_size / row['s_per_iter']:.0f} | {ratio} | "
+              f"({row['threads']}) | {row['s_per_iter']:.4f} | {args.batch_size / row['s_per_iter']:.0f} | {ratio} | "
               f"{row['data_s']:.3f} | {memory}{row['peak_mib']:.0f} |")
+    if args.no_rollout:
+        return
     rollout = in_subprocess("--one", "rollout", "--device", args.device)
     if "error" in rollout:
         sys.exit(f"roll-out failed: {rollout['error']}")

@@ -55,7 +55,7 @@ DEFAULT_DATASET = "mnist"
 DEFAULTS = {"lr": 0.002, "beta1": 0.5, "batch_size": 100, "max_iter": 50000, "max_step": 20,
             "save_iters": 500, "seed": 1, "data_root": "data", "num_digits": 2, "keep_checkpoints": 5,
             "data_threads": 0, "device": "auto", "gpu": 0, "amp": "auto", "compile": False, "sync_every": 10,
-            "tensorboard": False, "sampling": "independent", **HEAD_DEFAULTS}
+            "tensorboard": False, "sampling": "independent", "cuda_graph": False, **HEAD_DEFAULTS}
 # Flags that choose what to do or where, never stored as part of the model's configuration.
 RUN_FLAGS = ("resume", "start_iter", "save_dir", "use_lstm", "evaluate", "checkpoint", "eval_clips", "eval_steps",
              "eval_dir", "config")
@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--compile", **boolean, help="compile the networks with torch.compile: a slow first iteration, "
                                                   "then faster ones where it helps (see README Speed; "
                                                   f"{DEFAULTS['compile']})")
+    run.add_argument("--cuda_graph", **boolean, help="capture the whole DRNET iteration as one CUDA graph and "
+                                                     "replay it (CUDA only; see docs/gpu.md; "
+                                                     f"{DEFAULTS['cuda_graph']})")
     run.add_argument("--sync_every", type=int, help="read the losses from the device every N iterations; between "
                                                     "reads a GPU runs ahead of Python instead of waiting for it. "
                                                     "metrics.csv still gets every iteration, and every save reads "
@@ -325,6 +328,9 @@ def check_config(config: dict, lstm: bool = False) -> None:
                          "draw their frames independently within --max_step: drop the flag")
     if config["sampling"] == "lua" and config["max_step"] < 3:
         raise DRNetError(f"--sampling lua needs --max_step of at least 3, got {config['max_step']}")
+    if config["cuda_graph"] and (lstm or config["compile"]):
+        raise DRNetError("--cuda_graph True captures the eager DRNET step only: drop "
+                         + ("it for the LSTM stage" if lstm else "--compile True"))
     if config["batch_size"] < 2 and not lstm:  # the LSTM stage has no scene discriminator
         raise DRNetError("--batch_size must be at least 2: the scene discriminator pairs different clips")
     if config["dataset"] != "mnist" and not os.path.isdir(config["data_root"]):  # only MNIST downloads into it
@@ -483,6 +489,9 @@ def main(argv: list[str] | None = None) -> None:
             log.setLevel(logging.ERROR)  # rank 0 reports; the others say only what stops them
         per_rank = distributed.per_rank_batch(config["batch_size"], 1 if args.use_lstm else 2)
         precision = pick_precision(config["amp"], device)
+        if config["cuda_graph"] and (device.type != "cuda" or distributed.launched()):
+            raise DRNetError(f"--cuda_graph True needs one CUDA GPU in one process; this run is on {device}"
+                             + (" under torchrun" if distributed.launched() else "") + ": drop the flag")
         if config["compile"] and (failure := compile_check()):
             raise DRNetError(f"--compile True: torch.compile does not work here ({failure}); drop the flag")
         if config["tensorboard"] and tensorboard_missing():

@@ -12,13 +12,15 @@ What stays fp32 under autocast: the parameters and Adam's moments (autocast neve
 
 The rest changes speed, not what is computed: bf16 convolutions on a CPU run faster on channels_last
 (NHWC) tensors (bench.py), Adam's fused kernel updates all parameters in one call instead of one per tensor
-(5x faster on a CPU), and `--compile True` hands the networks to torch.compile.
+(5x faster on a CPU), `--compile True` hands the networks to torch.compile, and `--cuda_graph True` records
+a whole training step once as a CUDA graph and replays it (`CapturedStep`): at 64 px an eager step on a big
+GPU is bound by launching its kernels one by one from Python, a replay launches them all at once.
 """
 
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import NamedTuple
@@ -126,9 +128,11 @@ def resolve_precision(mode: str, device: torch.device, flags: frozenset[str] | N
     return Precision(torch.bfloat16, f"--amp {mode}: {why}; the start-up check agrees with fp32")
 
 
-def autocast(precision: Precision, device: torch.device) -> AbstractContextManager:
-    """The autocast context of `precision` on `device` (a no-op context for fp32)."""
-    return torch.autocast(device.type, dtype=precision.dtype or torch.bfloat16, enabled=precision.dtype is not None)
+def autocast(precision: Precision, device: torch.device, cache: bool = True) -> AbstractContextManager:
+    """The autocast context of `precision` on `device` (a no-op context for fp32). `cache=False` casts the weights
+    afresh at every use, as a captured graph needs (a cached cast would be a copy the graph never refreshes)."""
+    return torch.autocast(device.type, dtype=precision.dtype or torch.bfloat16, enabled=precision.dtype is not None,
+                          cache_enabled=cache)
 
 
 def uses_channels_last(precision: Precision, device: torch.device) -> bool:
@@ -150,6 +154,22 @@ def adam(params: Iterable[nn.Parameter], lr: float, beta1: float) -> torch.optim
     return torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999), fused=fused)
 
 
+def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
+    """Make Adam's update capturable in a CUDA graph (its step counts on the device, no host read) or not.
+
+    Loading a state dict restores the saver's setting and, for a per-tensor Adam, its step counts on the CPU;
+    this puts every count where the setting needs it (a fused or capturable Adam: on the parameter's device).
+    """
+    for group in optimizer.param_groups:
+        group["capturable"] = capturable
+        on_device = capturable or bool(group.get("fused"))
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            if "step" in state:
+                state["step"] = (state["step"].to(param.device, torch.float32) if on_device
+                                 else state["step"].cpu())
+
+
 def compile_check() -> str | None:
     """Compile and run one tiny function with torch.compile; None if that works, else why not (one line)."""
     try:
@@ -163,3 +183,82 @@ def compile_networks(model: nn.Module) -> None:
     """Compile each network of `model` in place (torch.compile); the state_dict keys stay the same."""
     for network in model.children():
         network.compile()
+
+
+class CapturedStep:
+    """A training step `step(*inputs) -> {name: tensor}` recorded once as a CUDA graph, then replayed.
+
+    `inputs` are example tensors: each call copies its arguments into static copies of them, replays the graph
+    and returns a copy of the metrics (the graph overwrites its outputs at every replay). Capturing needs a few
+    eager warm-up steps (cuBLAS and cuDNN set up their workspaces, Adam creates its moments); `state` (modules
+    and optimizers) is put back afterwards, in place, so the first replay starts from the same weights, moments
+    and BatchNorm statistics as an eager run would. With `capture=False` the same copies and warm-up run with
+    the step called eagerly (what the CPU tests check). The step must not read anything on the host: no
+    `.item()`, no copy from the CPU, and Adam capturable (`set_capturable`).
+    """
+
+    def __init__(self, step: Callable[..., dict[str, torch.Tensor]], inputs: Iterable[torch.Tensor],
+                 state: Iterable[nn.Module | torch.optim.Optimizer], warmup: int = 3, capture: bool = True):
+        self.step, self.static = step, [x.clone() for x in inputs]
+        saved = [snapshot(holder) for holder in state]
+        self.graph = None
+        if capture:
+            side = torch.cuda.Stream()  # warm-up off the default stream, as torch.cuda.graph asks
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    step(*self.static)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.outputs = step(*self.static)
+        else:
+            for _ in range(warmup):
+                step(*self.static)
+        for restore in saved:
+            restore()
+
+    def __call__(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        for static, value in zip(self.static, inputs, strict=True):
+            static.copy_(value, non_blocking=True)
+        outputs = self.step(*self.static) if self.graph is None else self.replay()
+        names = list(outputs)
+        values = torch.stack([outputs[name].float() for name in names])  # one copy of every metric
+        return dict(zip(names, values.unbind(), strict=True))
+
+    def replay(self) -> dict[str, torch.Tensor]:
+        """Run the recorded step once on the static inputs; its outputs are the graph's, overwritten next time."""
+        self.graph.replay()
+        return self.outputs
+
+
+def snapshot(holder: nn.Module | torch.optim.Optimizer) -> Callable[[], None]:
+    """Save a module's weights and buffers or an optimizer's state; return what puts them back in place.
+
+    In place: a captured graph holds the tensors' addresses. An optimizer state that did not exist yet comes
+    back as zeros, which is how Adam starts (step 0, zero moments).
+    """
+    if isinstance(holder, nn.Module):
+        tensors = list(holder.state_dict().values())  # they share storage with the weights and buffers
+        saved = [t.clone() for t in tensors]
+    else:
+        params = [p for group in holder.param_groups for p in group["params"]]
+        saved = {p: {k: v.clone() for k, v in holder.state[p].items() if torch.is_tensor(v)}
+                 for p in params if p in holder.state}
+
+    @torch.no_grad()
+    def restore() -> None:
+        if isinstance(holder, nn.Module):
+            for tensor, value in zip(tensors, saved, strict=True):
+                tensor.copy_(value)
+            return
+        for p, state in holder.state.items():
+            for key, value in state.items():
+                if not torch.is_tensor(value):
+                    continue
+                if p in saved:
+                    value.copy_(saved[p][key])
+                else:
+                    value.zero_()
+
+    return restore

@@ -21,7 +21,17 @@ from datasets.moving_mnist import MovingMNIST
 from datasets.prefetch import BatchStream
 from metrics import mse
 from models import Content, DRNet, discriminator_pairs
-from precision import FP32, Precision, adam, autocast, compile_networks, to_channels_last, uses_channels_last
+from precision import (
+    FP32,
+    CapturedStep,
+    Precision,
+    adam,
+    autocast,
+    compile_networks,
+    set_capturable,
+    to_channels_last,
+    uses_channels_last,
+)
 from runs import (
     checkpoint_path,
     drnet_checkpoint,
@@ -58,11 +68,27 @@ def drnet_loss(rec: torch.Tensor, sim: torch.Tensor, adv: torch.Tensor, alpha: f
     return rec + alpha * sim + beta * adv
 
 
-def discriminator_step(model: DRNet, optimizer: torch.optim.Optimizer, h_p1: torch.Tensor,
-                       h_p2: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Update the scene discriminator on detached pose vectors; return its loss and accuracy (detached tensors)."""
-    first, second, labels = discriminator_pairs(h_p1.detach(), h_p2.detach(), generator)
-    logits = model.scene_discriminator(first, second)
+def pair_indices(batch: int, generator: torch.Generator, device: torch.device, pin: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which row of h_p2 each row of h_p1 is paired with for the scene discriminator, and the labels (1: same clip).
+
+    They are `discriminator_pairs`' pairs, drawn from `generator` as it draws them, as indices: a step that takes
+    them as inputs reads nothing on the host, so it can be captured in a CUDA graph (`pin`: copied from
+    page-locked memory, without waiting for the device).
+    """
+    rows = torch.arange(batch, dtype=torch.float32)[:, None]  # exact as floats far beyond any batch size
+    _, partner, labels = discriminator_pairs(rows, rows, generator)
+    partner = partner[:, 0].long()
+    if pin:
+        partner, labels = partner.pin_memory(), labels.pin_memory()
+    return partner.to(device, non_blocking=pin), labels.to(device, non_blocking=pin)
+
+
+def discriminator_step(model: DRNet, optimizer: torch.optim.Optimizer, h_p1: torch.Tensor, h_p2: torch.Tensor,
+                       partner: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Update the scene discriminator on detached pose vectors, row i of h_p1 against row partner[i] of h_p2;
+    return its loss and accuracy (detached tensors)."""
+    logits = model.scene_discriminator(h_p1.detach(), h_p2.detach().index_select(0, partner))
     loss = F.binary_cross_entropy_with_logits(logits, labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -74,11 +100,19 @@ def discriminator_step(model: DRNet, optimizer: torch.optim.Optimizer, h_p1: tor
 
 def train_step(model: DRNet, optimizers: dict, frames: torch.Tensor, alpha: float, beta: float,
                generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """One DRNET iteration on frames (4, B, C, H, W) = x_c1, x_c2, x_p1, x_p2; returns the metrics.
+    """One DRNET iteration on frames (4, B, C, H, W) = x_c1, x_c2, x_p1, x_p2, the discriminator's pairs drawn
+    from `generator`; returns the metrics.
 
     The metrics stay tensors on the training device: reading one (`.item()`) would make the host wait for
     the device every iteration (runs.run_iterations reads them every few iterations).
     """
+    return paired_step(model, optimizers, frames, *pair_indices(frames.shape[1], generator, frames.device),
+                       alpha, beta)
+
+
+def paired_step(model: DRNet, optimizers: dict, frames: torch.Tensor, partner: torch.Tensor, labels: torch.Tensor,
+                alpha: float, beta: float) -> dict[str, torch.Tensor]:
+    """`train_step` with the discriminator's pairs given (`pair_indices`): no host read, so capturable."""
     x_c1, x_c2, x_p1, x_p2 = frames
     content = model.encode_content(x_c1)
     h_p1 = model.encode_pose(x_p1)
@@ -87,7 +121,7 @@ def train_step(model: DRNet, optimizers: dict, frames: torch.Tensor, alpha: floa
         h_p2 = model.encode_pose(x_p2)
     # The discriminator learns first on this batch's pose vectors, then the main step faces it, as in the
     # authors' drnet-py train_drnet.py.
-    disc_loss, disc_acc = discriminator_step(model, optimizers["discriminator"], h_p1, h_p2, generator)
+    disc_loss, disc_acc = discriminator_step(model, optimizers["discriminator"], h_p1, h_p2, partner, labels)
 
     rec = F.mse_loss(model.decode(content, h_p1), x_p1)
     sim = similarity_loss(content.h, h_c2)
@@ -101,6 +135,34 @@ def train_step(model: DRNet, optimizers: dict, frames: torch.Tensor, alpha: floa
     optimizers["main"].step()
     return {"rec": rec.detach(), "sim": sim.detach(), "adv": adv.detach(), "disc_loss": disc_loss,
             "disc_acc": disc_acc}
+
+
+def captured_step(model: DRNet, optimizers: dict, config: dict, train_set: ClipDataset, batch_size: int,
+                  precision: Precision, device: torch.device, capture: bool = True
+                  ) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """The training step as `--cuda_graph True` runs it: `paired_step` recorded as one CUDA graph (`CapturedStep`)
+    and replayed on each batch, with the discriminator's pairs drawn on the host as the eager step draws them, so
+    a captured run sees the same batches and pairs as an eager one.
+
+    The graph is recorded on a batch drawn from a generator of its own, so the training stream is untouched.
+    Moving MNIST's rendering stays outside the graph: its random draws are the CPU generator's (the same clips
+    on every device), and the frames are rendered on the GPU already (`MovingMNIST.render_on`).
+    """
+    def run(frames: torch.Tensor, partner: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        with autocast(precision, device, cache=False):
+            return paired_step(model, optimizers, frames, partner, labels, config["alpha"], config["beta"])
+
+    example = torch.Generator().manual_seed(config["seed"])
+    frames = train_set.drnet_batch(batch_size, example).to(device)
+    graphed = CapturedStep(run, [frames, *pair_indices(batch_size, example, device)],
+                           [model, *optimizers.values()], capture=capture)
+    log.info("training step captured as one CUDA graph" if capture else "training step on static inputs")
+
+    def step(frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        pairs = pair_indices(frames.shape[1], torch.default_generator, device, pin=device.type == "cuda")
+        return graphed(frames.to(device, non_blocking=True), *pairs)
+
+    return step
 
 
 def make_optimizers(model: DRNet, config: dict) -> dict[str, torch.optim.Optimizer]:
@@ -185,6 +247,8 @@ def train_drnet(config: dict, device: torch.device, data: tuple[ClipDataset, Cli
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         start = resume(resumed, optimizers, config, generator)
+    for optimizer in optimizers.values():  # whatever the checkpoint's run used, as this run needs
+        set_capturable(optimizer, bool(config.get("cuda_graph")))
     if config.get("compile"):
         compile_networks(model)
     metrics, save_everything, board = (reporting(config, model, optimizers, test_set, device, start)
@@ -194,14 +258,17 @@ def train_drnet(config: dict, device: torch.device, data: tuple[ClipDataset, Cli
     # `generator` draws the batches only (possibly ahead, on the loader thread); the discriminator's pairs
     # come from torch's global generator, which checkpoints save as well.
     batch_size = distributed.per_rank_batch(config["batch_size"], 2)
-    batches = BatchStream(lambda g: train_set.drnet_batch(batch_size, g), generator, config["data_threads"],
-                          pin_memory=device.type == "cuda")
 
     def step(frames: torch.Tensor) -> dict[str, torch.Tensor]:
         frames = frames.to(device, non_blocking=True)
         with autocast(precision, device):
             return train_step(model, optimizers, to_channels_last(frames) if channels_last else frames,
                               config["alpha"], config["beta"], torch.default_generator)
+
+    if config.get("cuda_graph"):  # captured before the loader thread starts: no other work on the GPU meanwhile
+        step = captured_step(model, optimizers, config, train_set, batch_size, precision, device)
+    batches = BatchStream(lambda g: train_set.drnet_batch(batch_size, g), generator, config["data_threads"],
+                          pin_memory=device.type == "cuda")
 
     run_iterations(config, start, "DRNET", batches, step, metrics, save_everything, "--resume True")
     if board is not None:
