@@ -125,11 +125,12 @@ def test_the_compiled_step_trains_as_the_eager_step():
     for want, have in zip(eager_losses, compiled_losses, strict=True):
         for name in want:
             assert torch.allclose(want[name], have[name], rtol=1e-3, atol=1e-5), name
-    # Adam moves a weight by about lr per step whatever its gradient's size, so rounding differences in gradients
-    # near 0 can move a weight differently by up to lr per step (measured: 2e-4 after 3 steps).
+    # Adam moves a weight by about lr per step whatever its gradient's size, so a rounding difference that flips
+    # the sign of a gradient near 0 moves the weight lr one way instead of the other: up to 2 lr per step apart
+    # (measured: most weights within 2e-4 after 3 steps, the farthest 0.0061).
     for name, value in eager_state.items():
         if value.is_floating_point():
-            assert (value - compiled_state[name]).abs().max() <= 3 * CONFIG["lr"], name
+            assert (value - compiled_state[name]).abs().max() <= 2 * 3 * CONFIG["lr"], name
 
 
 @pytest.mark.slow
