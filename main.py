@@ -62,9 +62,9 @@ RUN_FLAGS = ("resume", "start_iter", "save_dir", "use_lstm", "evaluate", "checkp
 
 # LSTM stage [py, seed] (drnet-py's train_lstm.py): these replace or add to DEFAULTS when --use_lstm is on.
 LSTM_DEFAULTS = {"lr": 0.0002, "beta1": 0.9, "n_past": 10, "n_future": 10, "rnn_size": 256, "rnn_layers": 2,
-                 "rollout_len": 500}
+                 "rollout_len": 500, "code_pool": 20000}
 LSTM_COUNTS = ("n_past", "n_future", "rnn_size", "rnn_layers", "rollout_len")  # each must be at least 1
-LSTM_ONLY = (*LSTM_COUNTS, "drnet_checkpoint")
+LSTM_ONLY = (*LSTM_COUNTS, "code_pool", "drnet_checkpoint")
 # What the clips show: a new LSTM run takes these from the DRNET it freezes unless given, so that it learns the
 # poses of the clips that DRNET was trained on (a one-digit DRNET under two-digit clips predicts nonsense).
 DRNET_DATA_KEYS = ("num_digits",)
@@ -81,7 +81,7 @@ VALID_VALUES: dict[str, tuple[Callable[[float], bool], str]] = {
     **dict.fromkeys(("batch_size", "max_iter", "max_step", "save_iters", "content_dim", "pose_dim", "channels",
                      "num_digits", *LSTM_COUNTS, "start_iter", "eval_steps", "sync_every"), AT_LEAST_1),
     "eval_clips": (lambda v: v >= 2, "at least 2 (the evaluation pairs clips)"),
-    "keep_checkpoints": NOT_NEGATIVE, "gpu": NOT_NEGATIVE,
+    "keep_checkpoints": NOT_NEGATIVE, "gpu": NOT_NEGATIVE, "code_pool": NOT_NEGATIVE,
     "seed": (lambda v: 0 <= v < 2**32, f"from 0 to {2**32 - 1}"),
     "data_threads": (lambda v: 0 <= v <= MAX_AHEAD, f"from 0 to {MAX_AHEAD}: it counts batches prepared ahead, each "
                                                     "held in memory, and a few already keep pace with training"),
@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     lstm.add_argument("--rnn_layers", type=int, help=f"stacked LSTM layers ({LSTM_DEFAULTS['rnn_layers']})")
     lstm.add_argument("--rollout_len", type=int, help="frames generated for the periodic test rollouts "
                                                       f"({LSTM_DEFAULTS['rollout_len']})")
+    lstm.add_argument("--code_pool", type=int, help="training clips encoded once by the frozen DRNET, every batch "
+                      f"drawn from their stored vectors; 0: encode every batch ({LSTM_DEFAULTS['code_pool']})")
     lstm.add_argument("--drnet_checkpoint", help="the trained DRNET to freeze (default: checkpoint.pt of the run "
                                                  "directory); the LSTM run goes to <run directory>/lstm")
     run = parser.add_argument_group("files and devices")
