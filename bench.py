@@ -188,6 +188,49 @@ def measure_rollout(device_name: str) -> dict:
     return seconds
 
 
+def measure_lstm(device_name: str, batch_size: int, iters: int) -> dict:
+    """Seconds per clip of one pose-LSTM update on 20-frame Moving MNIST clips: encoding every batch through the
+    frozen DRNET (fp32, and bf16 where `--amp auto` takes it) against drawing the batch from the code pool."""
+    from datasets.registry import DATASETS
+    from precision import FP32, adam, autocast, resolve_precision
+    from predictor import DRNetPredictor
+    from train_lstm import CodePool, encode_clips, freeze_drnet, lstm_update
+    from utils import resolve_device
+
+    device = resolve_device(device_name)
+    config = {**DATASETS["mnist"], "use_skip": False, "channels": 1}
+    torch.manual_seed(0)
+    model = DRNetPredictor(config, {"rnn_size": 256, "rnn_layers": 2}).to(device)
+    freeze_drnet(model)
+    optimizer = adam(model.lstm.parameters(), 2e-4, 0.9)
+    clips = torch.rand(batch_size, 20, 1, 64, 64, generator=torch.Generator().manual_seed(0)).to(device)
+    pool = CodePool(1, batch_size)
+    pool.add(*encode_clips(model, clips, 10))
+    indices = torch.arange(batch_size)
+    precisions = {"fp32": FP32, "bf16": resolve_precision("auto", device)}
+
+    def encoded(precision):
+        def update():
+            with autocast(precision, device):
+                content, poses = encode_clips(model, clips, 10)
+            lstm_update(model.lstm, optimizer, content, poses)
+        return update
+
+    updates = {f"encode every batch ({name} encoders)": encoded(precision)
+               for name, precision in precisions.items() if name == "fp32" or precision.dtype is not None}
+    updates["from the code pool"] = lambda: lstm_update(model.lstm, optimizer, *pool.batch(indices))
+    seconds = {}
+    for name, update in updates.items():
+        update()  # warm-up
+        began = time.perf_counter()
+        for _ in range(iters):
+            update()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds[name] = (time.perf_counter() - began) / iters / batch_size
+    return seconds
+
+
 def peak_memory_mib(device: torch.device) -> float:
     """Peak GPU memory allocated on CUDA, else the process's peak resident memory, in MiB."""
     if device.type == "cuda":
@@ -219,10 +262,12 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="variants to run (default: all that "
                                                                               "apply on this machine)")
     parser.add_argument("--no_rollout", action="store_true", help="skip the roll-out table")
-    parser.add_argument("--one", choices=[*VARIANTS, "rollout"], help=argparse.SUPPRESS)  # used by the subprocesses
+    parser.add_argument("--no_lstm", action="store_true", help="skip the pose-LSTM table")
+    parser.add_argument("--one", choices=[*VARIANTS, "rollout", "lstm"], help=argparse.SUPPRESS)  # subprocesses
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure_rollout(args.device) if args.one == "rollout"
+                         else measure_lstm(args.device, args.batch_size, args.iters) if args.one == "lstm"
                          else measure(args.one, args.batch_size, args.iters, args.warmup, args.device,
                                       args.dataset)))
         return
@@ -255,14 +300,23 @@ def main() -> None:
         print(f"| {variant}, {args.dataset}, batch {args.batch_size}, {row['size']} px | {row['device']} "
               f"({row['threads']}) | {row['s_per_iter']:.4f} | {args.batch_size / row['s_per_iter']:.0f} | {ratio} | "
               f"{row['data_s']:.3f} | {memory}{row['peak_mib']:.0f} |")
-    if args.no_rollout:
-        return
-    rollout = in_subprocess("--one", "rollout", "--device", args.device)
-    if "error" in rollout:
-        sys.exit(f"roll-out failed: {rollout['error']}")
-    print(f"\n| roll-out of {ROLLOUT_CLIPS} clips x {ROLLOUT_FRAMES} frames (mnist networks) | seconds |\n|---|---|")
-    for name, seconds in rollout.items():
-        print(f"| decoded {name} | {seconds:.2f} |")
+    if not args.no_rollout:
+        rollout = in_subprocess("--one", "rollout", "--device", args.device)
+        if "error" in rollout:
+            sys.exit(f"roll-out failed: {rollout['error']}")
+        print(f"\n| roll-out of {ROLLOUT_CLIPS} clips x {ROLLOUT_FRAMES} frames (mnist networks) | seconds |\n"
+              "|---|---|")
+        for name, seconds in rollout.items():
+            print(f"| decoded {name} | {seconds:.2f} |")
+    if not args.no_lstm:
+        lstm = in_subprocess("--one", "lstm", "--device", args.device, "--batch_size", str(args.batch_size),
+                             "--iters", str(args.iters))
+        if "error" in lstm:
+            sys.exit(f"pose-LSTM measurement failed: {lstm['error']}")
+        print(f"\n| pose-LSTM update, batch {args.batch_size} of 20-frame clips (mnist networks) | ms / clip | x pool "
+              "|\n|---|---|---|")
+        for name, seconds in lstm.items():
+            print(f"| {name} | {1000 * seconds:.2f} | {seconds / lstm['from the code pool']:.1f} |")
 
 
 if __name__ == "__main__":
