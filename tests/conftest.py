@@ -17,13 +17,17 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture(autouse=True)
-def fp32_by_default(monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def fp32_by_default():
     """`--amp auto` (the default) sees a CPU without native bf16, so in-process runs compute in fp32 on every
-    machine; the tests of the bf16 decision give their CPU flags explicitly or patch this again."""
+    machine; the tests of the bf16 decision give their CPU flags explicitly or patch this again. Session-wide:
+    module-scoped fixtures are set up before any function-scoped one, and their runs (a straight run that a
+    test resumes against, say) must compute as the test's own runs do, not in bf16 on an AMX CPU."""
     import precision
 
-    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: frozenset())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision, "cpu_flags", lambda cpuinfo=None: frozenset())
+        yield
 
 
 @pytest.fixture(autouse=True)
