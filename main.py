@@ -23,6 +23,7 @@ import torch
 
 import distributed
 from board import tensorboard_missing
+from datasets.kth import preparation_commands
 from datasets.moving_mnist import SAMPLINGS
 from datasets.prefetch import MAX_AHEAD
 from datasets.registry import DATASETS, available, build_dataset
@@ -336,8 +337,10 @@ def check_config(config: dict, lstm: bool = False) -> None:
     if config["batch_size"] < 2 and not lstm:  # the LSTM stage has no scene discriminator
         raise DRNetError("--batch_size must be at least 2: the scene discriminator pairs different clips")
     if config["dataset"] != "mnist" and not os.path.isdir(config["data_root"]):  # only MNIST downloads into it
+        how = (preparation_commands(config["data_root"], config["image_width"]) if config["dataset"] == "kth"
+               else "see README, Datasets")
         raise DRNetError(f"--data_root {config['data_root']} is missing: the {config['dataset']} data must be there "
-                         "already (README, Datasets)")
+                         f"already; {how}")
     try:
         os.makedirs(config["data_root"], exist_ok=True)
     except OSError as error:

@@ -87,13 +87,16 @@ def processed_dir(data_root: str | Path, image_size: int) -> Path:
     return Path(data_root) / "processed" / str(image_size)
 
 
+def preparation_commands(data_root: str, image_size: int) -> str:
+    """The two commands that prepare KTH under `data_root`, as an error message names them."""
+    return (f"prepare it with `sh datasets/download_kth.sh {data_root}` and then "
+            f"`python -m datasets.convert_kth --data_root {data_root} --image_size {image_size}`")
+
+
 def missing_data_error(data_root: str, image_size: int, problem: str) -> DRNetError:
     """The one-line error for absent or half-prepared KTH data, naming both preparation commands."""
-    return DRNetError(
-        f"KTH data for image size {image_size} is missing or incomplete under {data_root} ({problem}); "
-        f"prepare it with `sh datasets/download_kth.sh {data_root}` and then "
-        f"`python -m datasets.convert_kth --data_root {data_root} --image_size {image_size}`"
-    )
+    return DRNetError(f"KTH data for image size {image_size} is missing or incomplete under {data_root} ({problem}); "
+                      + preparation_commands(data_root, image_size))
 
 
 def _draw(high: int, generator: torch.Generator) -> int:
