@@ -189,20 +189,25 @@ def discriminator_accuracy(discriminator: SceneDiscriminator, pairs: tuple[torch
     """Share of (first, second, label) pairs a scene discriminator classifies right (logit > 0 = same clip)."""
     first, second, labels = pairs
     device = next(discriminator.parameters()).device
-    guesses = (discriminator(first.to(device), second.to(device)) > 0).float().cpu()
+    with torch.autocast(device.type, enabled=False):  # read in fp32 (pose vectors may come from bf16 encoders)
+        guesses = (discriminator(first.to(device).float(), second.to(device).float()) > 0).float().cpu()
     return (guesses == labels.cpu()).float().mean().item()
 
 
 def train_fresh_discriminator(features: torch.Tensor, seed: int, steps: int = FRESH_STEPS) -> SceneDiscriminator:
     """A new scene discriminator trained with Adam on frozen per-frame features (clips N, frames F >= 2, dim)."""
     generator = torch.Generator().manual_seed(seed)
+    features = features.float()
     with torch.random.fork_rng(devices=[]):  # its initial weights are fixed without moving the global RNG
         torch.manual_seed(seed)
         discriminator = SceneDiscriminator(features.shape[-1])
     optimizer = torch.optim.Adam(discriminator.parameters(), lr=FRESH_LR)
     num_clips, num_frames = features.shape[:2]
     batch = min(FRESH_BATCH, num_clips)
-    with one_thread(), torch.enable_grad():
+    # fp32 whatever the caller's autocast (main.py evaluates under --amp): inside one autocast context the bf16
+    # copy of each weight is cast once and cached, so Adam's updates would never reach the forward pass and the
+    # discriminator would answer as initialised (0.5 on every pair set, measured under --amp auto on AMX).
+    with one_thread(), torch.enable_grad(), torch.autocast(features.device.type, enabled=False):
         for _ in tqdm(range(steps), desc="fresh discriminator", disable=None, leave=False):  # on a terminal
             chosen = torch.randperm(num_clips, generator=generator)[:batch]
             # Two different frames of each chosen clip: the same-clip pairs vary from step to step.

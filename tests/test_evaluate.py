@@ -297,19 +297,24 @@ def test_position_probes_target_the_frames_the_features_come_from() -> None:
     assert swapped < 0.5  # frame 0's corners do not tell frame t's
 
 
-def test_fresh_discriminator_finds_clip_identity_only_where_there_is_some() -> None:
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "inside-bf16-autocast"])
+def test_fresh_discriminator_finds_clip_identity_only_where_there_is_some(amp: bool) -> None:
+    # main.py evaluates inside one bf16 autocast context under --amp auto on AMX CPUs, its pose vectors bf16: a
+    # discriminator trained there once kept its first cached bf16 weights and scored exactly 0.5.
     generator = seeded(0)
 
     def poses(identity: bool) -> torch.Tensor:
         """Pose vectors (clips, 4 frames, 5): one vector per clip plus small noise, or independent per frame."""
         per_frame = torch.rand(300, 4, 5, generator=generator) * 2 - 1
-        return torch.rand(300, 1, 5, generator=generator) * 2 - 1 + 0.01 * per_frame if identity else per_frame
+        vectors = torch.rand(300, 1, 5, generator=generator) * 2 - 1 + 0.01 * per_frame if identity else per_frame
+        return vectors.bfloat16() if amp else vectors
 
-    for identity, low, high in ((True, 0.9, 1.0), (False, 0.35, 0.65)):
-        fresh = evaluate.train_fresh_discriminator(poses(identity), seed=0)
-        test = poses(identity)
-        accuracy = evaluate.discriminator_accuracy(fresh, discriminator_pairs(test[:, 0], test[:, 1], generator))
-        assert low <= accuracy <= high, (identity, accuracy)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        for identity, low, high in ((True, 0.9, 1.0), (False, 0.35, 0.65)):
+            fresh = evaluate.train_fresh_discriminator(poses(identity), seed=0)
+            test = poses(identity)
+            accuracy = evaluate.discriminator_accuracy(fresh, discriminator_pairs(test[:, 0], test[:, 1], generator))
+            assert low <= accuracy <= high, (identity, accuracy)
 
 
 def test_leakage_frames_are_drnet_batches_with_the_digits_positions() -> None:
