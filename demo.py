@@ -26,7 +26,8 @@ from train_lstm import save_rollout
 from transfer import content_transfer, digit_channels, swap_set
 from utils import DRNetError, check_writable, save_image_grid, setup_logging
 
-SHIPPED_MODEL = Path(__file__).parent / "saved_results" / "drnet_mnist_fp16.pt"
+# The shipped pose LSTM (2 MB); loading it takes the DRNET from drnet_mnist_fp16.pt beside it (runs.export_lstm).
+SHIPPED_MODEL = Path(__file__).parent / "saved_results" / "pose_lstm_mnist_fp16.pt"
 SWAP_CLIPS, SWAPS_SHOWN, ROLLOUT_CLIPS = 200, 8, 4
 
 
