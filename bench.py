@@ -301,23 +301,26 @@ def main() -> None:
               f"({row['threads']}) | {row['s_per_iter']:.4f} | {args.batch_size / row['s_per_iter']:.0f} | {ratio} | "
               f"{row['data_s']:.3f} | {memory}{row['peak_mib']:.0f} |")
     if not args.no_rollout:
-        rollout = in_subprocess("--one", "rollout", "--device", args.device)
-        if "error" in rollout:
-            sys.exit(f"roll-out failed: {rollout['error']}")
+        rollout = measured("roll-out", "rollout", "--device", args.device)
         print(f"\n| roll-out of {ROLLOUT_CLIPS} clips x {ROLLOUT_FRAMES} frames (mnist networks) | seconds |\n"
               "|---|---|")
         for name, seconds in rollout.items():
             print(f"| decoded {name} | {seconds:.2f} |")
     if not args.no_lstm:
-        lstm = in_subprocess("--one", "lstm", "--device", args.device, "--batch_size", str(args.batch_size),
-                             "--iters", str(args.iters))
-        if "error" in lstm:
-            sys.exit(f"pose-LSTM measurement failed: {lstm['error']}")
+        lstm = measured("pose-LSTM", "lstm", "--device", args.device, "--batch_size", str(args.batch_size),
+                        "--iters", str(args.iters))
         print(f"\n| pose-LSTM update, batch {args.batch_size} of 20-frame clips (mnist networks) | ms / clip | x pool "
               "|\n|---|---|---|")
         for name, seconds in lstm.items():
             print(f"| {name} | {1000 * seconds:.2f} | {seconds / lstm['from the code pool']:.1f} |")
 
+
+def measured(what: str, one: str, *flags: str) -> dict:
+    """The figures of `--one ONE` measured in a fresh process; exit with one line if it failed."""
+    figures = in_subprocess("--one", one, *flags)
+    if "error" in figures:
+        sys.exit(f"{what} measurement failed: {figures['error']}")
+    return figures
 
 if __name__ == "__main__":
     main()
