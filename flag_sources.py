@@ -1,6 +1,7 @@
-"""Flags from elsewhere than our command line: the authors' names for them, and a run's config.json (--config).
+"""Flags from elsewhere than our command line: the authors' names for them, and a run's config.json (--config);
+and the parser of main.py, whose errors are one line.
 
-main.py names our flag when one of the authors' is given (docs/authors_flags.md has the table). Their names are
+The parser names our flag when one of the authors' is given (docs/authors_flags.md has the table). Their names are
 read from the option lists of drnet-py (train_drnet.py, train_lstm.py) and of the Lua code (train_drnet.lua,
 train_drnet_skip.lua, train_lstm.lua). Names that are also ours (--lr, --beta1, --batch_size, --seed, --data_root,
 --content_dim, --pose_dim, --image_width, --channels, --max_step, --n_past, --n_future, --rnn_size, --rnn_layers,
@@ -10,7 +11,10 @@ meanings differ.
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 PY, LUA, BOTH = "drnet-py's", "the Lua code's", "drnet-py's and the Lua code's"
@@ -121,3 +125,20 @@ def config_tokens(path: str, flags: dict[str, str], not_stored: tuple[str, ...],
         if key not in (*CONFIG_ONLY, *not_stored) and value is not None and (key, value) != ("gpu", default_gpu):
             tokens += [flags[key], str(value)]
     return tokens
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line (the usage text is what --help is for), naming our flag for one
+    of the authors' (`authors_flag_hint`)."""
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        """argparse's parsing, after looking for the authors' flag names."""
+        args = sys.argv[1:] if args is None else list(args)
+        hint = authors_flag_hint(args, set(self._option_string_actions))
+        if hint:
+            self.error(f"{hint} (docs/authors_flags.md maps the authors' flags to ours)")
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

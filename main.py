@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,8 +26,8 @@ from board import tensorboard_missing
 from datasets.kth import preparation_commands
 from datasets.moving_mnist import SAMPLINGS
 from datasets.prefetch import MAX_AHEAD
-from datasets.registry import DATASETS, available, build_dataset
-from flag_sources import authors_flag_hint, config_tokens
+from datasets.registry import DATASETS, available, build_dataset, defaults_table
+from flag_sources import OneLineParser, config_tokens
 from models import HEAD_DEFAULTS, SUPPORTED_SIZES
 from precision import AMP_MODES, Precision, autocast, compile_check, resolve_precision
 from runs import (
@@ -89,27 +89,10 @@ VALID_VALUES: dict[str, tuple[Callable[[float], bool], str]] = {
 }
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one line (the usage text is what --help is for), naming our flag for one
-    of the authors' (flag_sources.py)."""
-
-    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
-                         ) -> tuple[argparse.Namespace, list[str]]:
-        """argparse's parsing, after looking for the authors' flag names."""
-        args = sys.argv[1:] if args is None else list(args)
-        hint = authors_flag_hint(args, set(self._option_string_actions))
-        if hint:
-            self.error(f"{hint} (docs/authors_flags.md maps the authors' flags to ours)")
-        return super().parse_known_args(args, namespace)
-
-    def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command-line flags; every default is None so that unset flags can be told from set ones."""
     # Raw description and epilog keep the defaults table's columns; each flag's help is still wrapped.
-    parser = OneLineParser(prog="main.py", description=__doc__.splitlines()[0], epilog=dataset_defaults_table(),
+    parser = OneLineParser(prog="main.py", description=__doc__.splitlines()[0], epilog=defaults_table(),
                            formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=None)
     boolean = {"type": str2bool, "nargs": "?", "const": True, "metavar": "BOOL"}
     what = parser.add_argument_group("what to run")
@@ -203,20 +186,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--eval_dir", metavar="DIR", help="where the evaluation goes (eval/ beside the "
                                                               "checkpoint)")
     return parser
-
-
-def dataset_defaults_table() -> str:
-    """The model defaults of every dataset in datasets.registry.DATASETS, as a text table for the end of --help."""
-    header = ("dataset", "image_width", "channels", "encoders (content/pose)", "decoder", "use_skip", "content_dim",
-              "pose_dim")
-    rows = [(name, str(entry["image_width"]), str(entry["channels"]),
-             f"{entry['content_encoder']}/{entry['pose_encoder']}", entry["decoder"], str(entry["use_skip"]),
-             str(entry["content_dim"]), str(entry["pose_dim"])) for name, entry in DATASETS.items()]
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-             for row in (header, *rows)]
-    return "model defaults of each --dataset (flags given explicitly override them):\n" + "\n".join(
-        "  " + line for line in lines)
 
 
 def with_dataset(args: argparse.Namespace) -> argparse.Namespace:

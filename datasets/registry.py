@@ -59,3 +59,17 @@ def build_dataset(config: dict, split: str) -> ClipDataset:
 def available() -> list[str]:
     """Names of the datasets that can be trained now."""
     return [name for name, entry in DATASETS.items() if entry["loader"] is not None]
+
+
+def defaults_table() -> str:
+    """The model defaults of every dataset in DATASETS, as a text table (the end of main.py --help)."""
+    header = ("dataset", "image_width", "channels", "encoders (content/pose)", "decoder", "use_skip", "content_dim",
+              "pose_dim")
+    rows = [(name, str(entry["image_width"]), str(entry["channels"]),
+             f"{entry['content_encoder']}/{entry['pose_encoder']}", entry["decoder"], str(entry["use_skip"]),
+             str(entry["content_dim"]), str(entry["pose_dim"])) for name, entry in DATASETS.items()]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+             for row in (header, *rows)]
+    return "model defaults of each --dataset (flags given explicitly override them):\n" + "\n".join(
+        "  " + line for line in lines)
