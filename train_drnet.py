@@ -1,8 +1,8 @@
 """DRNET training, the first stage: a scene-discriminator step, then the main step, per iteration.
 
-Run through `main.py`; this module holds the losses, the two steps, the periodic pictures and test
-metrics. The run directory, checkpoints, resume and the loop are runs.py's; the second stage, the pose
-LSTM, is train_lstm.py.
+Run by `python main.py`: the losses (similarity, adversarial, reconstruction), the discriminator and main
+steps (eager, paired with the authors' sampling, or captured as one CUDA graph), the periodic test metrics
+and pictures, and the stage's entry point `train_drnet`.
 """
 
 from __future__ import annotations
@@ -14,14 +14,22 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import distributed
-from board import Board
 from datasets import ClipDataset
 from datasets.moving_mnist import MovingMNIST
 from datasets.prefetch import BatchStream
-from metrics import mse
-from models import Content, DRNet, discriminator_pairs
-from precision import (
+from engine import distributed
+from engine.board import Board
+from engine.checkpoints import (
+    checkpoint_path,
+    drnet_checkpoint,
+    prepare_run_dir,
+    report_missing,
+    resume,
+    write_checkpoints,
+)
+from engine.loop import run_iterations
+from engine.pictures import ANALOGY_FRAMES, plot_curves, save_analogy_grid, save_image_grid
+from engine.precision import (
     FP32,
     CapturedStep,
     Precision,
@@ -32,17 +40,10 @@ from precision import (
     to_channels_last,
     uses_channels_last,
 )
-from runs import (
-    checkpoint_path,
-    drnet_checkpoint,
-    prepare_run_dir,
-    report_missing,
-    resume,
-    run_iterations,
-    write_checkpoints,
-)
-from transfer import SwapSet, content_transfer, digit_channels, expand, invariance_ratio, swap_set
-from utils import MetricsLog, plot_curves, save_image_grid
+from evaluation.metrics import mse
+from evaluation.transfer import SwapSet, content_transfer, digit_channels, invariance_ratio, swap_set
+from models import DRNet, discriminator_pairs
+from utils import MetricsLog
 
 log = logging.getLogger("drnet")
 
@@ -50,7 +51,6 @@ METRICS = ["rec", "sim", "adv", "disc_loss", "disc_acc"]
 TEST_CLIPS = 64  # fixed test clips for the periodic test MSE and pictures
 TEST_METRICS = ["test_content_transfer", "test_rec_mse", "test_content_ratio", "test_content_spread"]
 SWAP_CLIPS = 200  # fixed Moving MNIST test swaps for the periodic content transfer
-ANALOGY_FRAMES = 10  # frames of the periodic analogy grid's test clips (fewer when --max_step is smaller)
 
 
 def similarity_loss(h_c1: torch.Tensor, h_c2: torch.Tensor) -> torch.Tensor:
@@ -205,19 +205,6 @@ def report_test_clips(model: DRNet, test_frames: torch.Tensor, test_clips: torch
     return values
 
 
-@torch.no_grad()
-def save_analogy_grid(model: DRNet, clips: torch.Tensor, path: Path) -> None:
-    """Save the analogy grid of clips (N, T, C, S, S): row i is clip i's frame 0 rendered in each pose of clip 0."""
-    pose_clip, content_frames = clips[0], clips[1:, 0]
-    content = model.encode_content(content_frames)
-    pose = model.encode_pose(pose_clip)
-    cells = [model.decode(expand(Content(content.h[i:i + 1], [s[i:i + 1] for s in content.skips]), len(pose)), pose)
-             for i in range(len(content_frames))]
-    blank = torch.ones_like(pose_clip[:1])
-    grid = [torch.cat([blank, pose_clip])] + [torch.cat([content_frames[i:i + 1], row]) for i, row in enumerate(cells)]
-    save_image_grid(torch.cat(grid), path, columns=len(pose_clip) + 1)
-
-
 def save_run_state(run_dir: Path, model: DRNet, optimizers: dict, config: dict, iteration: int,
                    data_state: torch.Tensor | list[torch.Tensor], keep: int) -> None:
     """Write the DRNET checkpoint of `iteration`, whose next batch `data_state` draws (see `write_checkpoints`)."""
@@ -290,9 +277,10 @@ def reporting(config: dict, model: DRNet, optimizers: dict, test_set: ClipDatase
     channels = digit_channels(test_set) if mnist else slice(None)
 
     board = Board(run_dir) if config.get("tensorboard") else None
-    metrics = MetricsLog(run_dir / "metrics.csv", METRICS, resume_from=start if start else None, board=board)
+    mirror = board.scalars if board is not None else None
+    metrics = MetricsLog(run_dir / "metrics.csv", METRICS, resume_from=start if start else None, mirror=mirror)
     test_metrics = MetricsLog(run_dir / "test_metrics.csv", TEST_METRICS, resume_from=start if start else None,
-                              board=board)
+                              mirror=mirror)
     test_csv = run_dir / "test_metrics.csv"
     curves = {"content transfer, content ratio": [(test_csv, "test_content_transfer"),
                                                   (test_csv, "test_content_ratio")],

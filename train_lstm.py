@@ -1,9 +1,8 @@
 """LSTM training, the second stage: the pose LSTM on a trained, frozen DRNET, and its rollouts.
 
-Run through `main.py --use_lstm True`; the run lives in `<DRNET run directory>/lstm/`. This module holds
-the teacher-forced loss and step, the test MSE per prediction step next to the copy-last-frame baseline,
-and the rollout pictures (PNG strip, and the same labelled animation as a GIF and an MP4). The run
-directory, checkpoints, resume and the loop are runs.py's, as for the first stage (train_drnet.py).
+Run by `python main.py --use_lstm True`; the run lives in `<DRNET run directory>/lstm/`. Here: the
+teacher-forced loss and step, the pool of encoded training clips, the test MSE per prediction step next to
+the copy-last-frame baseline, the periodic roll-outs, and the stage's entry point `train_lstm`.
 """
 
 from __future__ import annotations
@@ -13,44 +12,35 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
-from torchvision.utils import make_grid
 from tqdm import tqdm
 
-import distributed
-from board import Board
 from datasets import ClipDataset
 from datasets.moving_mnist import MovingMNIST
 from datasets.prefetch import BatchStream
-from precision import FP32, Precision, adam, autocast, compile_networks
-from predictor import DRNetPredictor, PoseLSTM
-from runs import (
+from engine import distributed
+from engine.board import Board
+from engine.checkpoints import (
     checkpoint_path,
     lstm_checkpoint,
     predictor_on,
     prepare_run_dir,
     report_missing,
     resume,
-    run_iterations,
     write_checkpoints,
 )
-from utils import DRNetError, MetricsLog, plot_curves, save_checkpoint, save_image_grid
+from engine.loop import run_iterations
+from engine.pictures import plot_curves, save_rollout, strip_every
+from engine.precision import FP32, Precision, adam, autocast, compile_networks
+from models import DRNetPredictor, PoseLSTM
+from utils import DRNetError, MetricsLog, save_checkpoint
 
 log = logging.getLogger("drnet")
 
 REPORT_STEPS = (1, 10, 50, 100)  # prediction steps whose test MSE is logged (those within --rollout_len)
 METRIC_CLIPS = 32  # fixed test clips for the MSE per step; enough to compare with the baseline, cheap on a CPU
 PICTURE_CLIPS = 4  # fixed test clips shown in the strips and GIFs
-STRIP_COLUMNS = 50  # at most this many generated frames per strip row: longer rollouts show every k-th
-BORDER = 2  # px of coloured frame around each picture cell
-OBSERVED, GENERATED, GROUND_TRUTH = (0.0, 0.8, 0.0), (0.9, 0.0, 0.0), (0.5, 0.5, 0.5)  # RGB frame colours
-GIF_FRAME_MS = 100
-GRID_PADDING = 2  # px between the cells of an animation frame
-ROW_LABELS = {"observed": OBSERVED, "generated": GENERATED, "ground truth": GROUND_TRUTH}  # text: its colour
-LABEL_MARGIN = 4  # px of white either side of a row label
 
 
 def teacher_forced_loss(lstm: PoseLSTM, h_c: torch.Tensor, h_p: torch.Tensor) -> torch.Tensor:
@@ -166,110 +156,6 @@ def step_mse(model: DRNetPredictor, clips: torch.Tensor, n_past: int, steps: lis
         values[f"mse_step{step}"] = F.mse_loss(predicted[:, step - 1], truth).item()
         values[f"copy_last_step{step}"] = F.mse_loss(last_seen, truth).item()
     return values
-
-
-def framed(frames: torch.Tensor, colour: tuple[float, float, float]) -> torch.Tensor:
-    """Frames (N, C, H, W), grey or RGB, as RGB (N, 3, H + 2*BORDER, W + 2*BORDER) inside a coloured frame."""
-    rgb = frames.expand(-1, 3, -1, -1) if frames.shape[1] == 1 else frames
-    n, _, height, width = rgb.shape
-    cells = torch.tensor(colour, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
-    cells = cells.repeat(n, 1, height + 2 * BORDER, width + 2 * BORDER)
-    cells[:, :, BORDER:-BORDER, BORDER:-BORDER] = rgb
-    return cells
-
-
-def strip_every(rollout_len: int) -> int:
-    """Show every k-th generated frame in a strip, so that a row holds at most STRIP_COLUMNS of them."""
-    return math.ceil(rollout_len / STRIP_COLUMNS)
-
-
-@torch.no_grad()
-def save_rollout(model: DRNetPredictor, clips: torch.Tensor, n_past: int, rollout_len: int, out_dir: Path,
-                 name: str) -> tuple[Path, Path, Path | None]:
-    """Roll clips (N, T, C, H, W) out `rollout_len` frames from `n_past`; save `<name>_everyK.png`, `.gif`, `.mp4`.
-
-    Each strip row pair is: observed frames (green) then generated ones (red), and under it the ground
-    truth (grey) where the clip has it. The strip shows every K-th generated frame. The GIF and MP4 show
-    every frame, one column per clip, with the rows labelled; returns the strip, the GIF and the MP4
-    (None where ffmpeg could not write it).
-    """
-    generated = model.predict(clips[:, :n_past], rollout_len).cpu()
-    clips = clips.cpu()
-    every = strip_every(rollout_len)
-    shown_times = list(range(n_past)) + [n_past + step - 1 for step in range(every, rollout_len + 1, every)]
-
-    def predicted_cells(i: int, times: list[int]) -> torch.Tensor:
-        observed = [framed(clips[i, t:t + 1], OBSERVED) for t in times if t < n_past]
-        future = [framed(generated[i, t - n_past:t - n_past + 1], GENERATED) for t in times if t >= n_past]
-        return torch.cat(observed + future)
-
-    def truth_cells(i: int, times: list[int]) -> torch.Tensor:
-        # White cells past the end of the ground truth (finite datasets end before a long rollout does).
-        blank = torch.ones_like(framed(clips[i, :1], GROUND_TRUTH))
-        return torch.cat([framed(clips[i, t:t + 1], GROUND_TRUTH) if t < clips.shape[1] else blank for t in times])
-
-    rows = [cells for i in range(len(clips)) for cells in (predicted_cells(i, shown_times),
-                                                            truth_cells(i, shown_times))]
-    strip = out_dir / f"{name}_every{every}.png"
-    save_image_grid(torch.cat(rows), strip, columns=len(shown_times))
-
-    frames = []
-    for t in range(n_past + rollout_len):
-        cells = torch.cat([torch.cat([predicted_cells(i, [t]) for i in range(len(clips))]),
-                           torch.cat([truth_cells(i, [t]) for i in range(len(clips))])])
-        grid = make_grid(cells, nrow=len(clips), padding=GRID_PADDING, pad_value=1.0)
-        image = Image.fromarray((grid.permute(1, 2, 0) * 255).round().byte().numpy())
-        frames.append(labelled(image, ["observed" if t < n_past else "generated", "ground truth"], cells.shape[2]))
-    animation = out_dir / f"{name}.gif"
-    frames[0].save(animation, save_all=True, append_images=frames[1:], duration=GIF_FRAME_MS, loop=0)
-    return strip, animation, write_mp4(frames, out_dir / f"{name}.mp4")
-
-
-def label_strip_width(font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> int:
-    """Width in px of the strip that holds the longest row label, the same in every frame of an animation."""
-    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    return max(math.ceil(draw.textlength(text, font=font)) for text in ROW_LABELS) + 2 * LABEL_MARGIN
-
-
-def labelled(grid: Image.Image, labels: list[str], cell_height: int) -> Image.Image:
-    """`grid` (rows of `cell_height` px cells) with a white strip on its left naming each row in its frame colour.
-
-    Both sides are made even, which H.264 in the usual yuv420p needs, so that the GIF and MP4 frames match.
-    """
-    font = ImageFont.load_default()
-    strip = label_strip_width(font)
-    width, height = strip + grid.width, grid.height
-    canvas = Image.new("RGB", (width + width % 2, height + height % 2), (255, 255, 255))
-    canvas.paste(grid, (strip, 0))
-    draw = ImageDraw.Draw(canvas)
-    for row, text in enumerate(labels):
-        left, top, _, bottom = draw.textbbox((0, 0), text, font=font)
-        middle = GRID_PADDING + row * (cell_height + GRID_PADDING) + cell_height // 2
-        colour = tuple(round(255 * c) for c in ROW_LABELS[text])
-        draw.text((LABEL_MARGIN - left, middle - (top + bottom) // 2), text, fill=colour, font=font)
-    return canvas
-
-
-def write_mp4(frames: list[Image.Image], path: Path) -> Path | None:
-    """Write the frames as an H.264 MP4 at the GIF's pace and return its path; None, with a warning, if ffmpeg fails."""
-    try:
-        import imageio.v2 as imageio
-        import imageio_ffmpeg  # noqa: F401  (without it imageio would hand .mp4 to another plugin, which fails oddly)
-
-        # macro_block_size 1: keep the frame size, which `labelled` already made even, instead of resizing.
-        with imageio.get_writer(path, format="FFMPEG", fps=1000 / GIF_FRAME_MS, codec="libx264", quality=8,
-                                macro_block_size=1) as writer:
-            for frame in frames:
-                writer.append_data(np.asarray(frame))
-        # ffmpeg can fail without imageio raising: then the file is missing or empty.
-        if not path.is_file() or path.stat().st_size == 0:
-            raise OSError("ffmpeg wrote nothing")
-    except (ImportError, RuntimeError, ValueError, OSError) as error:  # no imageio-ffmpeg, no ffmpeg binary, ...
-        path.unlink(missing_ok=True)
-        log.warning("warning: %s not written (%s: %s); the GIF shows the same frames", path.name,
-                    type(error).__name__, str(error).splitlines()[0] if str(error) else "no detail")
-        return None
-    return path
 
 
 def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, ClipDataset], checkpoint: dict,
@@ -391,9 +277,10 @@ def reporting(config: dict, model: DRNetPredictor, optimizer: torch.optim.Optimi
 
     resume_from = start if start else None
     board = Board(run_dir) if config.get("tensorboard") else None
-    metrics = MetricsLog(run_dir / "metrics.csv", ["mse"], resume_from=resume_from, board=board)
+    mirror = board.scalars if board is not None else None
+    metrics = MetricsLog(run_dir / "metrics.csv", ["mse"], resume_from=resume_from, mirror=mirror)
     test_metrics = MetricsLog(run_dir / "test_metrics.csv", metric_columns(steps), resume_from=resume_from,
-                              board=board)
+                              mirror=mirror)
     curves = {"pose LSTM mse (teacher forced)": [(run_dir / "metrics.csv", "mse")],
               "test frame mse by prediction step": [(run_dir / "test_metrics.csv", c) for c in metric_columns(steps)]}
 

@@ -1,5 +1,5 @@
-"""General helpers: user-facing errors, flag parsing, devices, atomic file writes, the run directory's lock,
-logging, CSV logs and their curves, and pictures. The checkpoint format and the training loop are in runs.py."""
+"""General helpers: user-facing errors and the exit status they end a command with, flag parsing, devices,
+atomic file writes, the run directory's lock, logging, and the CSV logs of a run's metrics."""
 
 from __future__ import annotations
 
@@ -19,13 +19,10 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 import torch
 from tqdm import tqdm
-
-if TYPE_CHECKING:
-    from board import Board
 
 try:
     import fcntl
@@ -33,6 +30,10 @@ except ImportError:  # Windows has no flock: runs there are not protected from s
     fcntl = None
 
 RUN_LOCK = "run.lock"  # in a run directory: locked by the run using it, holds who that is
+
+
+# The exit status of every command's one-line user error (a bad flag, a missing file), as argparse's own.
+USER_ERROR = 2
 
 
 class DRNetError(Exception):
@@ -289,11 +290,13 @@ def setup_logging(run_dir: Path | None = None, filename: str = "train.log") -> l
 class MetricsLog:
     """Append-only CSV of per-iteration metrics; on resume, rows after the resumed iteration are dropped.
 
-    With a `board` (--tensorboard) every row is mirrored there as scalars.
+    With a `mirror` (--tensorboard: `Board.scalars`) every row is also passed to it as (the CSV's name,
+    iteration, values).
     """
 
-    def __init__(self, path: Path, columns: list[str], resume_from: int | None = None, board: Board | None = None):
-        self.path, self.columns, self.board = Path(path), ["iteration", *columns], board
+    def __init__(self, path: Path, columns: list[str], resume_from: int | None = None,
+                 mirror: Callable[[str, int, dict[str, float]], None] | None = None):
+        self.path, self.columns, self.mirror = Path(path), ["iteration", *columns], mirror
         rows = read_metrics(self.path) if resume_from is not None and self.path.exists() else []
         kept = [row for row in rows if row["iteration"] <= resume_from] if rows else []
         text = io.StringIO(newline="")
@@ -308,8 +311,8 @@ class MetricsLog:
         with open(self.path, "a", newline="") as f:
             row = [iteration] + [_format(values.get(c, math.nan)) for c in self.columns[1:]]
             csv.writer(f).writerow(row)
-        if self.board is not None:  # --tensorboard: the same row, tagged by the CSV's name
-            self.board.scalars(self.path.stem, iteration, values)
+        if self.mirror is not None:  # --tensorboard: the same row, tagged by the CSV's name
+            self.mirror(self.path.stem, iteration, values)
 
 
 def _format(value: float) -> str:
@@ -325,50 +328,12 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
             for row in rows]
 
 
-def plot_curves(panels: dict[str, list[tuple[Path, str]]], path: Path, smooth: int = 20) -> None:
-    """Save a PNG with one panel per title, each plotting (csv file, column) series against iteration."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for ax, (title, series) in zip(axes[0], panels.items(), strict=True):
-        for csv_path, column in series:
-            rows = [r for r in read_metrics(csv_path) if not math.isnan(r.get(column, math.nan))]
-            if not rows:
-                continue
-            x = [r["iteration"] for r in rows]
-            y = torch.tensor([r[column] for r in rows])
-            ax.plot(x, y.numpy(), alpha=0.3 if len(rows) > smooth else 1.0, label=column)
-            if len(rows) > smooth:  # a running mean shows the trend under the per-batch noise
-                kernel = torch.ones(1, 1, smooth) / smooth
-                trend = torch.nn.functional.conv1d(y[None, None], kernel)[0, 0]
-                ax.plot(x[smooth - 1:], trend.numpy(), color=ax.lines[-1].get_color(), label=f"{column} (mean)")
-        values = [y for line in ax.lines for y in line.get_ydata()]
-        if values and min(values) > 0 and max(values) > 20 * min(values):
-            ax.set_yscale("log")  # losses fall by orders of magnitude: a linear axis hides the later progress
-        ax.set_title(title)
-        ax.set_xlabel("iteration")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def save_image_grid(images: torch.Tensor, path: Path, columns: int) -> None:
-    """Save images (N, C, H, W) in [0, 1] as one PNG with `columns` per row and a thin white border."""
-    from torchvision.utils import save_image
-
-    save_image(images.detach().float().cpu().clamp(0, 1), path, nrow=columns, padding=2, pad_value=1.0)
-
-
 def report_errors(action: Callable[[], str]) -> int:
     """Run a command-line action: print its success message, or its DRNetError as one line; the exit status."""
     try:
         message = action()
     except DRNetError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return USER_ERROR
     print(message)
     return 0

@@ -1,4 +1,4 @@
-"""Your own videos as DRNET clips: `python main.py --dataset frames --data_root DIR` (issue 13).
+"""Your own videos as DRNET clips: `python main.py --dataset frames --data_root DIR`.
 
 DIR holds one clip per entry, in any mix:
 - a sub-folder of image frames (.png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp), in the order of the last

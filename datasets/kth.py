@@ -1,12 +1,12 @@
-"""KTH actions as DRNET clips, read from the PNG frames and index written by convert_kth.py.
+"""KTH actions as DRNET clips, read from the PNG frames and index that the KTH conversion writes.
 
 Prepare the data once (the paper's KTH, 64 or 128 px)::
 
-    sh datasets/download_kth.sh DIR
-    python -m datasets.convert_kth --data_root DIR --image_size S      # S = 64 or 128
+    sh datasets/prepare/download_kth.sh DIR
+    python -m datasets.prepare.convert_kth --data_root DIR --image_width S      # S = 64 or 128
 
 Split by person (1-16 train, 17-25 test), as recorded in ``DIR/processed/<S>/index.json``. Segments
-there are 0-based half-open frame ranges ``[start, end)`` (see convert_kth.py for the file format).
+there are 0-based half-open frame ranges ``[start, end)`` (the conversion command's docstring gives the file format).
 
 Sampling, per clip, each choice uniform: a class, a video of that class, one of its action segments, then
 - ``drnet_batch``: a window of ``max_step`` consecutive frames inside the segment (the whole segment
@@ -40,7 +40,7 @@ from PIL import Image
 
 from datasets import ProbeBatch
 from datasets.cache import FrameCache
-from datasets.kth_download import KTH_CLASSES
+from datasets.prepare.kth_download import KTH_CLASSES
 from utils import DRNetError
 
 # The prepared data's format, which convert_kth.py writes: frames and index.json per image size.
@@ -52,7 +52,7 @@ LABEL_COLUMNS = ("class", "person")
 DEFAULT_CACHE_FRAMES = 8192  # 128 MiB of 128x128 grey frames
 # Frames of one batch decoded side by side: a 128 px PNG takes 0.3-0.7 ms, and a DRNET batch of 100 clips
 # reads 400 of them. Opening a file and parsing its chunks holds the GIL, so more threads soon stop paying:
-# benchmarks/data_speed.py on a 16-core Xeon took 0.092 s per batch with 1 decode thread, 0.058 s with 2,
+# tools/data_speed.py on a 16-core Xeon took 0.092 s per batch with 1 decode thread, 0.058 s with 2,
 # 0.061 s with 4 and 0.091 s with 8.
 DECODE_THREADS = min(2, os.cpu_count() or 1)
 
@@ -89,8 +89,8 @@ def processed_dir(data_root: str | Path, image_size: int) -> Path:
 
 def preparation_commands(data_root: str, image_size: int) -> str:
     """The two commands that prepare KTH under `data_root`, as an error message names them."""
-    return (f"prepare it with `sh datasets/download_kth.sh {data_root}` and then "
-            f"`python -m datasets.convert_kth --data_root {data_root} --image_size {image_size}`")
+    return (f"prepare it with `sh datasets/prepare/download_kth.sh {data_root}` and then "
+            f"`python -m datasets.prepare.convert_kth --data_root {data_root} --image_width {image_size}`")
 
 
 def missing_data_error(data_root: str, image_size: int, problem: str) -> DRNetError:

@@ -3,7 +3,7 @@
 Files, under `DATA_ROOT/norb/`, each plain or gzipped (`.gz`, as distributed at `NORB_URL`):
     smallnorb-5x46789x9x18x6x2x96x96-training-{dat,cat,info}.mat   -> split "train" (instances 4,6,7,8,9)
     smallnorb-5x01235x9x18x6x2x96x96-testing-{dat,cat,info}.mat    -> split "test"  (instances 0,1,2,3,5)
-Download them with `python -m datasets.norb --download DATA_ROOT` (from the repository root).
+Download them with `python -m datasets.prepare.norb_download DATA_ROOT` (from the repository root).
 `dat` holds (24300, 2, 96, 96) uint8 stereo pairs, `cat` the category (0-4) of each pair and `info` its
 (instance, elevation 0-8, azimuth 0,2,..,34, lighting 0-5).
 
@@ -30,14 +30,9 @@ A clip's identity is its toy, (category, instance); `probe_batch` draws clips of
 parts hold different toys.
 """
 
-import argparse
 import gzip
-import http.client
 import math
-import shutil
 import struct
-import sys
-import urllib.request
 import zlib
 from pathlib import Path
 
@@ -45,13 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# Run by path (`python datasets/norb.py`), Python puts datasets/ first on the path: the imports below need the
-# repository there instead (`python -m datasets.norb` does that already).
-if __name__ == "__main__" and not __package__:
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
 from datasets.cyclic import CyclicClips
-from utils import DRNetError, report_errors
+from utils import DRNetError
 
 NORB_URL = "https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/"
 MAGIC_UINT8 = 0x1E3D4C55
@@ -134,36 +124,8 @@ def _find_norb_file(data_root: str, name: str) -> Path:
         if candidate.is_file():
             return candidate
     raise DRNetError(f"smallNORB file {name} (or {name}.gz) not found in {directory}: download the files with "
-                     f"`python -m datasets.norb --download {data_root}`, or by hand: the six smallnorb-*.mat.gz "
+                     f"`python -m datasets.prepare.norb_download {data_root}`, or by hand: the six smallnorb-*.mat.gz "
                      f"files from {NORB_URL} into that folder")
-
-
-def download_norb(data_root: str, timeout: float = 30.0) -> Path:
-    """Download the six official smallNORB files (gzipped) into `DATA_ROOT/norb/`; return that folder."""
-    directory = norb_dir(data_root)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise DRNetError(f"cannot create the smallNORB folder {directory}: {error}") from error
-    for split in SPLIT_FILE_PREFIX:
-        for name in norb_file_names(split).values():
-            if (directory / name).is_file() or (directory / f"{name}.gz").is_file():
-                continue
-            url = f"{NORB_URL}{name}.gz"
-            target = directory / f"{name}.gz"
-            # Write beside the target and rename at the end, so an interrupted download never
-            # leaves a partial file under the name the loader reads.
-            partial = directory / f"{name}.gz.part"
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response, partial.open("wb") as out:
-                    shutil.copyfileobj(response, out, 1 << 20)
-            except (OSError, http.client.HTTPException) as error:
-                partial.unlink(missing_ok=True)
-                reason = " ".join(str(getattr(error, "reason", error)).split())
-                raise DRNetError(f"could not download {url} ({reason}); download the smallNORB files by "
-                                 f"hand from {NORB_URL} into {directory}") from error
-            partial.replace(target)
-    return directory
 
 
 def _group_into_clips(categories: np.ndarray, info: np.ndarray,
@@ -243,17 +205,3 @@ class NorbClips(CyclicClips):
         """Frames at matching (clip, view) index tensors of one shape, as float32 (*shape, C, S, S) in [0, 1]."""
         grey = self._frames[clips, views].unsqueeze(-3).float().div_(255)
         return grey.expand(*grey.shape[:-3], self.channels, -1, -1).contiguous()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line `python -m datasets.norb --download DATA_ROOT`; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m datasets.norb", description="Download the six smallNORB "
-                                     f"files (gzipped, read as they are) from {NORB_URL}; files present are kept.")
-    parser.add_argument("--download", metavar="DATA_ROOT", required=True,
-                        help="the --data_root of training: the files go to DATA_ROOT/norb/")
-    args = parser.parse_args(argv)
-    return report_errors(lambda: f"smallNORB files complete in {download_norb(args.download)}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

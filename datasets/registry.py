@@ -1,8 +1,7 @@
 """Dataset registry: each dataset's loader (a callable), its architectures and default hyper-parameters.
 
 A loader is called as `loader(data_root, split, image_width, channels, max_step)` (Moving MNIST also takes
-`num_digits`) and returns a `ClipDataset` (datasets/__init__.py), which says what a split offers. The
-package itself imports no loader, so that `python -m datasets.<name>` runs a loader's own command line.
+`num_digits`) and returns a `ClipDataset`, which says what a split offers.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from datasets.norb import NorbClips
 from datasets.suncg import SuncgClips
 from utils import DRNetError
 
-# Shared by every dataset: alpha 1 and beta 0.0001 suit mean-reduced losses (README, Faithfulness notes).
+# Shared by every dataset: alpha 1 and beta 0.0001 suit mean-reduced losses (docs/faithfulness.md).
 COMMON = {"alpha": 1.0, "beta": 0.0001, "content_dim": 128}
 
 DATASETS = {

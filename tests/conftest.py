@@ -23,7 +23,7 @@ def fp32_by_default():
     machine; the tests of the bf16 decision give their CPU flags explicitly or patch this again. Session-wide:
     module-scoped fixtures are set up before any function-scoped one, and their runs (a straight run that a
     test resumes against, say) must compute as the test's own runs do, not in bf16 on an AMX CPU."""
-    import precision
+    from engine import precision
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(precision, "cpu_flags", lambda cpuinfo=None: frozenset())
@@ -43,7 +43,7 @@ def quick_digit_classifier(monkeypatch, request):
     """Evaluations on Moving MNIST train their digit classifier for 20 steps instead of a minute's worth: the
     evaluation tests check the identity fields, tests/test_identity.py checks a classifier trained for real.
     Slow tests get the real one."""
-    import identity
+    from evaluation import identity
 
     if request.node.get_closest_marker("slow") is None:
         monkeypatch.setattr(identity, "TRAIN_STEPS", 20)

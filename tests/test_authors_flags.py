@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 import main
-from flag_sources import FLAGS
-from runs import prepare_run_dir
+from engine.checkpoints import prepare_run_dir
+from engine.config import DEFAULTS, LSTM_DEFAULTS, resolve_run
+from engine.flags import FLAGS
 
 REPO = Path(__file__).resolve().parent.parent
 OURS = {option for action in main.build_parser()._actions for option in action.option_strings}
@@ -66,7 +67,7 @@ def test_every_authors_flag_is_in_the_docs_table_and_every_hint_names_our_flags(
 
 def written_config(tmp_path: Path, *flags: str) -> Path:
     """The config.json a new run of these flags writes, without training it."""
-    config = main.resolve_run(main.parse_flags(list(flags))).config
+    config = resolve_run(main.parse_flags(list(flags))).config
     return prepare_run_dir(config) / "config.json"
 
 
@@ -74,7 +75,7 @@ def test_config_repeats_a_run_with_the_command_line_winning(tmp_path):
     path = written_config(tmp_path, "--save_dir", str(tmp_path / "a"), "--data_root", str(tmp_path / "data"),
                           "--lr", "0.001", "--pose_dim", "7", "--use_skip", "True", "--batch_size", "6")
     original = json.loads(path.read_text())
-    repeat = main.resolve_run(main.parse_flags(["--config", str(path), "--save_dir", str(tmp_path / "b"),
+    repeat = resolve_run(main.parse_flags(["--config", str(path), "--save_dir", str(tmp_path / "b"),
                                                 "--batch_size", "8"])).config
     assert repeat == {**original, "run_dir": str(tmp_path / "b"), "batch_size": 8}
     assert (repeat["lr"], repeat["pose_dim"], repeat["use_skip"]) == (0.001, 7, True)
@@ -82,7 +83,7 @@ def test_config_repeats_a_run_with_the_command_line_winning(tmp_path):
 
 def test_config_of_an_lstm_run_repeats_the_lstm_stage(tmp_path):
     data = ["--data_root", str(tmp_path / "data")]
-    lstm = {"dataset": "mnist", **main.DEFAULTS, **main.LSTM_DEFAULTS, "drnet_checkpoint": "runs/x/checkpoint.pt",
+    lstm = {"dataset": "mnist", **DEFAULTS, **LSTM_DEFAULTS, "drnet_checkpoint": "runs/x/checkpoint.pt",
             **{k: v for k, v in main.DATASETS["mnist"].items() if k != "loader"}, "data_root": data[1]}
     path = tmp_path / "config.json"
     path.write_text(json.dumps(lstm))
@@ -110,5 +111,5 @@ def test_a_missing_data_root_is_reported_not_created(tmp_path, capsys, tiny_args
     line = one_line_exit(capsys, tiny_args("--dataset", "kth", "--data_root", str(tmp_path / "dta")))
     assert f"--data_root {tmp_path / 'dta'} is missing: the kth data must be there already" in line
     assert not (tmp_path / "dta").exists()
-    main.resolve_run(main.parse_flags(tiny_args("--data_root", str(tmp_path / "mn"))))  # MNIST downloads into it
+    resolve_run(main.parse_flags(tiny_args("--data_root", str(tmp_path / "mn"))))  # MNIST downloads into it
     assert (tmp_path / "mn").is_dir()

@@ -1,5 +1,6 @@
-"""Issue 25: `python benchmark.py`, the benchmark alone: one row in the field's layout, the scored arrays saved so
-that another tool rescores them to the printed numbers, and one line for a model that does not fit the file.
+"""Issue 25: `python -m evaluation.benchmark`, the benchmark alone: one row in the field's layout, the scored
+arrays saved so that another tool rescores them to the printed numbers, and one line for a model that does
+not fit the file.
 
 The checkpoints are untrained pose-LSTM checkpoints built here (scores need no training to be checked), and the
 standard Moving MNIST file is a small random stand-in where torchvision keeps it.
@@ -14,11 +15,11 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-import benchmark
-import main
 from datasets.registry import DATASETS
-from predictor import DRNetPredictor
-from runs import drnet_checkpoint, load_model, lstm_checkpoint
+from engine.checkpoints import drnet_checkpoint, load_model, lstm_checkpoint
+from engine.config import DEFAULTS, LSTM_DEFAULTS
+from evaluation import benchmark
+from models import DRNetPredictor
 from utils import save_checkpoint
 
 
@@ -33,7 +34,7 @@ def write_standard_file(data_root: Path, clips: int) -> np.ndarray:
 def write_checkpoint(path: Path, data_root: Path, kind: str = "lstm", **changes) -> Path:
     """An untrained Moving MNIST checkpoint (grey, two digits unless `changes` say otherwise) at `path`."""
     entry = {k: v for k, v in DATASETS["mnist"].items() if k != "loader"}
-    config = {"dataset": "mnist", **main.DEFAULTS, **entry, **main.LSTM_DEFAULTS, "channels": 1, "rnn_size": 8,
+    config = {"dataset": "mnist", **DEFAULTS, **entry, **LSTM_DEFAULTS, "channels": 1, "rnn_size": 8,
               "rnn_layers": 1, "data_root": str(data_root), **changes}
     torch.manual_seed(0)
     model = DRNetPredictor(config, config)

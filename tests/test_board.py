@@ -6,7 +6,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import main
-from board import Board
+from engine.board import Board
 
 
 def events(run_dir):

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import main
-import precision
 from datasets.registry import DATASETS
+from engine import precision
+from engine.checkpoints import load_model
+from engine.precision import CapturedStep, set_capturable
 from models import DRNet, discriminator_pairs
-from precision import CapturedStep, set_capturable
-from runs import load_model
 from train_drnet import captured_step, make_optimizers, pair_indices, train_step
 
 CPU = torch.device("cpu")
@@ -135,11 +135,11 @@ def test_the_compiled_step_trains_as_the_eager_step():
 
 @pytest.mark.slow
 def test_the_gpu_campaign_in_smoke_mode_writes_every_result(tmp_path):
-    """benchmarks/gpu_campaign.sh with SMOKE=1: every stage on the CPU at batch 4, a few iterations each."""
+    """tools/gpu_campaign.sh with SMOKE=1: every stage on the CPU at batch 4, a few iterations each."""
     out = tmp_path / "out"
     env = {**os.environ, "SMOKE": "1", "OUT": str(out), "RUNS": str(tmp_path / "runs"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(["bash", "benchmarks/gpu_campaign.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+    done = subprocess.run(["bash", "tools/gpu_campaign.sh"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=1200)
     assert done.returncode == 0, done.stderr[-2000:]
     speed = (out / "speed.md").read_text()

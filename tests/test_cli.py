@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from datasets import registry
+from engine.checkpoints import load_model
 from main import build_parser, main
-from runs import load_model
 from utils import str2bool
 
 

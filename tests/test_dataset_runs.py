@@ -21,8 +21,9 @@ from test_suncg import ELEVATIONS, OBJECTS, VIEWS, write_tree
 
 import train_drnet
 import train_lstm
-from datasets.convert_kth import convert_kth
+from datasets.prepare.convert_kth import convert_kth
 from datasets.suncg import suncg_chair_dir, view_file_name
+from engine import pictures
 from main import main
 
 KTH_SIZE = 64
@@ -75,7 +76,7 @@ def check_lstm_run(lstm_dir: Path, frames: int) -> list[str]:
     assert (lstm_dir / "samples" / "rollout_0000002_every1.png").stat().st_size > 0
     with Image.open(lstm_dir / "samples" / "rollout_0000002.gif") as gif:
         # PIL merges identical consecutive frames into one longer frame, so count the time shown.
-        assert sum(frame.info["duration"] for frame in ImageSequence.Iterator(gif)) == frames * train_lstm.GIF_FRAME_MS
+        assert sum(frame.info["duration"] for frame in ImageSequence.Iterator(gif)) == frames * pictures.GIF_FRAME_MS
     return (lstm_dir / "test_metrics.csv").read_text().splitlines()[0].split(",")
 
 
@@ -120,8 +121,8 @@ def test_kth_missing_data_is_one_line_naming_both_commands(tmp_path, capsys):
     # The run's first log line (its directory and config), then the error in one line, no traceback.
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and err.rstrip().endswith(errors[0]) and "Traceback" not in err, err
-    assert f"sh datasets/download_kth.sh {empty}" in errors[0]
-    assert f"python -m datasets.convert_kth --data_root {empty} --image_size 128" in errors[0]
+    assert f"sh datasets/prepare/download_kth.sh {empty}" in errors[0]
+    assert f"python -m datasets.prepare.convert_kth --data_root {empty} --image_width 128" in errors[0]
     assert not (tmp_path / "run" / "config.json").exists()  # nothing was built or written first
 
 

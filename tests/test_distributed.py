@@ -17,14 +17,12 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-import distributed
-import runs
 import train_drnet
 from datasets import moving_mnist
 from datasets.registry import DATASETS
-from models import DRNet
-from predictor import DRNetPredictor
-from runs import load_checkpoint
+from engine import checkpoints, distributed
+from engine.checkpoints import load_checkpoint
+from models import DRNet, DRNetPredictor
 from train_lstm import freeze_drnet, lstm_step
 from utils import DRNetError, read_metrics
 
@@ -140,8 +138,8 @@ def rank_streams() -> dict:
     stored = [torch.Generator().manual_seed(100 + r).get_state() for r in range(2)]
     resumed, fresh = torch.Generator(), torch.Generator().manual_seed(distributed.data_seed(1))
     torch_state = torch.get_rng_state()
-    runs.set_rng_state({"data": stored[0], "data_ranks": stored, "torch": torch_state}, resumed)
-    runs.set_rng_state({"data": stored[0], "torch": torch_state}, fresh)  # a single-process checkpoint
+    checkpoints.set_rng_state({"data": stored[0], "data_ranks": stored, "torch": torch_state}, resumed)
+    checkpoints.set_rng_state({"data": stored[0], "torch": torch_state}, fresh)  # a single-process checkpoint
     return {"refused": refused, "seed": own.initial_seed(), "gathered": gathered, "resumed": resumed.get_state(),
             "stored": stored, "fresh": fresh.get_state(), "own": own.get_state()}
 

@@ -10,17 +10,15 @@ import torch
 from test_norb import CLIP_CODE, write_split
 from test_suncg import SORTED_OBJECTS, write_tree
 
-import evaluate
 import main
-import probes
-import transfer
 from datasets import ProbeBatch, moving_mnist
 from datasets.moving_mnist import DIGIT_SIZE, Clips, MovingMNIST
 from datasets.norb import NorbClips
 from datasets.suncg import SuncgClips
-from metrics import mse, per_step
+from engine.checkpoints import checkpoint_path
+from evaluation import evaluate, probes, transfer
+from evaluation.metrics import mse, per_step
 from models import Content, DRNet, discriminator_pairs
-from runs import checkpoint_path
 
 EVAL_FLAGS = ["--eval_clips", "6", "--eval_steps", "3", "--device", "cpu"]
 CPU = torch.device("cpu")

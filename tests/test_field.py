@@ -18,14 +18,13 @@ import numpy as np
 import pytest
 import torch
 
-import benchmark
-import evaluate
 import main
 import train_drnet
 import train_lstm
-from benchmark import PROTOCOLS, absolute_error_sum, benchmark_results, squared_error_sum
-from metrics import mse
-from runs import load_model
+from engine.checkpoints import load_model
+from evaluation import benchmark, evaluate
+from evaluation.benchmark import PROTOCOLS, absolute_error_sum, benchmark_results, squared_error_sum
+from evaluation.metrics import mse
 from utils import DRNetError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -26,14 +26,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import evaluate
 import main
-import runs
 import train_drnet
 from datasets import moving_mnist
 from datasets.prefetch import MAX_AHEAD, BatchStream
+from engine import checkpoints, loop
+from engine.checkpoints import load_checkpoint
+from engine.config import LSTM_COUNTS, resolve_run
+from engine.loop import LossWatch
+from evaluation import evaluate
 from models import DRNet
-from runs import LossWatch, load_checkpoint
 from utils import (
     DRNetError,
     MetricsLog,
@@ -78,7 +80,7 @@ def save_tiny_run(run_dir: Path, data_root: Path) -> None:
     They are saved directly, with an empty test report: the pictures and test metrics of a real save would take
     most of this file's time (a run resumed without that row would write the report first, as after a kill).
     """
-    config = main.resolve_run(main.build_parser().parse_args(flags(run_dir, data_root))).config
+    config = resolve_run(main.build_parser().parse_args(flags(run_dir, data_root))).config
     torch.manual_seed(config["seed"])
     model = DRNet(config)
     run_dir.mkdir()
@@ -197,7 +199,7 @@ def test_a_full_disk_during_the_periodic_copy_leaves_no_temporary_file(tmp_path,
     monkeypatch.setattr(shutil, "copyfileobj", disk_full)
     with pytest.raises(DRNetError, match=r"iter_0000003.pt: no space left \(0.0 MB needed, .* MB free in .*; "
                                          "nothing was written"):
-        runs.write_checkpoints(tmp_path, state, 3, keep=5)
+        checkpoints.write_checkpoints(tmp_path, state, 3, keep=5)
     assert torch.equal(load_checkpoint(tmp_path / "checkpoint.pt")["model"]["w"], torch.ones(3))
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == []
 
@@ -283,7 +285,7 @@ def fake_loop(tmp_path: Path, losses: list[float]) -> tuple[list[int], Collect]:
     metrics = MetricsLog(tmp_path / "metrics.csv", ["rec", "disc_acc"])
     logging.getLogger("drnet").addHandler(collect)
     try:
-        runs.run_iterations(config, 0, "DRNET", batches, lambda batch: {"rec": next(values), "disc_acc": 0.0},
+        loop.run_iterations(config, 0, "DRNET", batches, lambda batch: {"rec": next(values), "disc_acc": 0.0},
                             metrics, lambda iteration, state: saved.append(iteration), "--resume True")
     finally:
         logging.getLogger("drnet").removeHandler(collect)
@@ -421,7 +423,7 @@ def test_a_gpu_number_without_cuda_is_said_to_be_ignored(trained, capsys, evalua
 # Every outcome of any flag values: a valid configuration, or one line.
 
 INT_FLAGS = ("batch_size", "max_iter", "max_step", "save_iters", "content_dim", "pose_dim", "channels", "image_width",
-             "num_digits", "seed", "keep_checkpoints", "data_threads", "gpu", "start_iter", *main.LSTM_COUNTS)
+             "num_digits", "seed", "keep_checkpoints", "data_threads", "gpu", "start_iter", *LSTM_COUNTS)
 FLOAT_FLAGS = ("lr", "beta1", "alpha", "beta")
 ODD_TEXTS = ("", "nan", "inf", "-inf", "1e309", "1.5", "0x10", "ten", "-x", "2e3")
 
@@ -440,7 +442,7 @@ def assert_valid(config: dict, lstm: bool) -> None:
     assert 0 < config["lr"] < math.inf and 0 <= config["beta1"] < 1
     assert 0 <= config["alpha"] < math.inf and 0 <= config["beta"] < math.inf
     counts = ("batch_size", "max_iter", "max_step", "save_iters", "content_dim", "pose_dim", "channels", "num_digits")
-    assert all(config[key] >= 1 for key in counts + (main.LSTM_COUNTS if lstm else ()))
+    assert all(config[key] >= 1 for key in counts + (LSTM_COUNTS if lstm else ()))
     assert config["batch_size"] >= (1 if lstm else 2) and config["image_width"] in (64, 128)
     assert 0 <= config["data_threads"] <= MAX_AHEAD and 0 <= config["seed"] < 2**32
     assert config["keep_checkpoints"] >= 0 and config["gpu"] >= 0
@@ -451,7 +453,7 @@ def drnet_checkpoint(tmp_path_factory) -> Path:
     """A stand-in DRNET checkpoint for the LSTM stage's configuration: the default Moving MNIST config."""
     folder = tmp_path_factory.mktemp("drnet_stand_in")
     parsed = main.build_parser().parse_args(["--save_dir", str(folder / "run"), "--data_root", str(folder / "data")])
-    torch.save({"kind": "drnet", "config": main.resolve_run(parsed).config, "model": {}}, folder / "checkpoint.pt")
+    torch.save({"kind": "drnet", "config": resolve_run(parsed).config, "model": {}}, folder / "checkpoint.pt")
     return folder / "checkpoint.pt"
 
 
@@ -473,7 +475,7 @@ def test_any_flag_values_give_a_valid_configuration_or_one_line(drnet_checkpoint
         assert stop.code == 2 and len(stderr.getvalue().strip().splitlines()) == 1, stderr.getvalue()
         return
     try:
-        config = main.resolve_run(args).config
+        config = resolve_run(args).config
     except DRNetError as error:
         assert "\n" not in str(error)
     else:

@@ -28,11 +28,12 @@ from test_hardening import Collect, digest, fails_with_one_line, flags
 import demo
 import hubconf
 import main
-import runs
 import utils
-from board import Board, tensorboard_missing
 from datasets.frames import FrameClips
-from runs import export_weights, load_checkpoint, tensor_checksum, with_checksums
+from engine import checkpoints
+from engine.board import Board, tensorboard_missing
+from engine.checkpoints import export_weights, load_checkpoint, tensor_checksum, with_checksums
+from engine.config import check_clip_lengths
 from utils import DRNetError, read_metrics
 
 pytest_plugins = ["test_hardening"]  # its fixtures: data_root, trained (a tiny run at iteration 1) and run_dir (a copy)
@@ -44,7 +45,9 @@ import os, signal, sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-import main, runs, train_drnet
+import main
+import train_drnet
+from engine import checkpoints
 train_drnet.SWAP_CLIPS = 16
 """
 
@@ -177,7 +180,7 @@ def test_every_checkpoint_and_export_carries_the_checksums_of_its_tensors(traine
     exported = torch.load(tmp_path / "export.pt", weights_only=True)
     assert exported["checksums"] == {"model": tensor_checksum(exported["model"])}  # of the half tensors, as stored
     assert next(iter(exported["model"].values())).dtype == torch.float16
-    runs.load_model(tmp_path / "export.pt")
+    checkpoints.load_model(tmp_path / "export.pt")
 
 
 def test_files_without_checksums_still_load_and_the_shipped_model_is_left_as_it_is(trained, tmp_path):
@@ -187,7 +190,7 @@ def test_files_without_checksums_still_load_and_the_shipped_model_is_left_as_it_
     if not SHIPPED.is_file():
         pytest.skip("this copy ships no model file")
     before = digest(SHIPPED)
-    assert hasattr(runs.load_model(SHIPPED), "predict")
+    assert hasattr(checkpoints.load_model(SHIPPED), "predict")
     assert digest(SHIPPED) == before and "checksums" not in torch.load(SHIPPED, weights_only=True)
 
 
@@ -270,8 +273,8 @@ def test_a_full_disk_is_one_line_for_every_writer_and_keeps_the_previous_file(fu
         write = lambda: export_weights(large, path)  # noqa: E731
     else:
         path = full_folder / "checkpoint.pt"
-        runs.write_checkpoints(full_folder, small, 1, keep=5)
-        write = lambda: runs.write_checkpoints(full_folder, large, 2, keep=5)  # noqa: E731
+        checkpoints.write_checkpoints(full_folder, small, 1, keep=5)
+        write = lambda: checkpoints.write_checkpoints(full_folder, large, 2, keep=5)  # noqa: E731
     before = digest(path)
     with pytest.raises(DRNetError) as error:  # before: RuntimeError "[enforce fail at inline_container.cc...]"
         write()
@@ -287,7 +290,7 @@ def test_a_full_disk_is_one_line_for_every_writer_and_keeps_the_previous_file(fu
 # 4. A run killed between its checkpoint and its report gets the report when resumed.
 
 KILL_AFTER_CHECKPOINT_2 = """
-real_copy = runs.copy_to_periodic
+real_copy = checkpoints.copy_to_periodic
 
 def copy_then_die(run_dir, iteration):  # the checkpoint of `iteration` is complete, its report not begun
     periodic = real_copy(run_dir, iteration)
@@ -295,7 +298,7 @@ def copy_then_die(run_dir, iteration):  # the checkpoint of `iteration` is compl
         os.kill(os.getpid(), signal.SIGKILL)
     return periodic
 
-runs.copy_to_periodic = copy_then_die
+checkpoints.copy_to_periodic = copy_then_die
 """
 
 
@@ -424,7 +427,7 @@ def test_evaluate_on_a_read_only_file_system_is_one_line_before_the_evaluation(t
     folder.mkdir()
     shutil.copy(trained / "checkpoint.pt", folder / "checkpoint.pt")
     make_read_only(folder)
-    monkeypatch.setattr("evaluate.evaluate", lambda *args: pytest.fail("evaluated before trying the folder"))
+    monkeypatch.setattr("evaluation.evaluate.evaluate", lambda *args: pytest.fail("evaluated before trying the folder"))
     fails_with_one_line(capsys, ["--evaluate", "--checkpoint", str(folder / "checkpoint.pt")],
                         f"cannot write the evaluation in {folder / 'eval'}: ")
 
@@ -478,10 +481,10 @@ def test_frame_clips_too_short_are_refused_before_the_run_directory_naming_the_f
                         "clips")
     assert not run_dir.exists()
     data = FrameClips(str(root), "train", 64, 3, 4), FrameClips(str(root), "test", 64, 3, 4)
-    main.check_clip_lengths({"max_step": 4, "data_root": str(root)}, data, lstm=False)
+    check_clip_lengths({"max_step": 4, "data_root": str(root)}, data, lstm=False)
     with pytest.raises(DRNetError, match=r"the longest train clip in .* has 4 frames, fewer than the --n_past \+ "
                                          r"--n_future = 5 frames the LSTM stage trains on: lower them, or add"):
-        main.check_clip_lengths({"n_past": 3, "n_future": 2, "data_root": str(root)}, data, lstm=True)
+        check_clip_lengths({"n_past": 3, "n_future": 2, "data_root": str(root)}, data, lstm=True)
 
 
 def test_resuming_a_run_with_nothing_left_to_do_says_so_and_changes_nothing(run_dir, data_root, capsys):

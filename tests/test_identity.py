@@ -7,11 +7,10 @@ import pytest
 import torch
 from test_evaluate import CopyLastPredictor, seeded, synthetic_mnist
 
-import evaluate
-import identity
 from datasets import moving_mnist
 from datasets.moving_mnist import DIGIT_SIZE, MovingMNIST, load_mnist
-from transfer import swap_ground_truth, swap_set
+from evaluation import evaluate, identity
+from evaluation.transfer import swap_ground_truth, swap_set
 from utils import DRNetError
 
 CPU = torch.device("cpu")

@@ -19,11 +19,11 @@ import torch
 from kth_fakes import FAKE_VIDEOS, write_fake_raw
 from PIL import Image
 
-from datasets import convert_kth
-from datasets.convert_kth import convert_kth as run_conversion
-from datasets.convert_kth import parse_sequence_file, zero_based_segments
 from datasets.kth import KTHClips, missing_data_error
-from utils import DRNetError
+from datasets.prepare import convert_kth
+from datasets.prepare.convert_kth import convert_kth as run_conversion
+from datasets.prepare.convert_kth import parse_sequence_file, zero_based_segments
+from utils import USER_ERROR, DRNetError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SIZE = 64
@@ -116,7 +116,7 @@ def test_corrupt_video_is_reported_and_others_convert(
     )
     with open(data_root / "raw" / "00sequences.txt", "a") as sequences:
         sequences.write("person05_running_d1\t\tframes\t1-5\n")
-    status = convert_kth.main(["--data_root", str(data_root), "--image_size", str(SIZE), "--workers", "2"])
+    status = convert_kth.main(["--data_root", str(data_root), "--image_width", str(SIZE), "--workers", "2"])
     assert status == 1
     assert "failed: person05_running_d1:" in capsys.readouterr().err
     out = data_root / "processed" / str(SIZE)
@@ -128,11 +128,11 @@ def test_corrupt_video_is_reported_and_others_convert(
 
 def test_convert_rejects_other_image_sizes_as_a_script(data_root: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "datasets.convert_kth", "--data_root", str(data_root), "--image_size", "100"],
+        [sys.executable, "-m", "datasets.prepare.convert_kth", "--data_root", str(data_root), "--image_width", "100"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
     )
-    assert result.returncode == 1
-    assert result.stderr.strip() == "error: --image_size must be one of (64, 128) for KTH, got 100"
+    assert result.returncode == USER_ERROR
+    assert result.stderr.strip() == "error: --image_width must be one of (64, 128) for KTH, got 100"
 
 
 def test_sequence_file_parsing_and_frame_base() -> None:
@@ -237,13 +237,13 @@ def test_missing_data_error_names_both_commands(converted: Path, tmp_path: Path)
         KTHClips(str(tmp_path), "train", SIZE, 1, max_step=10)
     message = str(missing.value)
     assert "\n" not in message
-    assert f"sh datasets/download_kth.sh {tmp_path}" in message
-    assert f"python -m datasets.convert_kth --data_root {tmp_path} --image_size {SIZE}" in message
+    assert f"sh datasets/prepare/download_kth.sh {tmp_path}" in message
+    assert f"python -m datasets.prepare.convert_kth --data_root {tmp_path} --image_width {SIZE}" in message
 
     half_prepared = tmp_path / "half"
     shutil.copytree(converted / "processed", half_prepared / "processed")
     shutil.rmtree(half_prepared / "processed" / str(SIZE) / "person01_boxing_d1")
-    with pytest.raises(DRNetError, match="person01_boxing_d1 not found.*download_kth.sh.*datasets.convert_kth"):
+    with pytest.raises(DRNetError, match="person01_boxing_d1 not found.*download_kth.sh.*datasets.prepare.convert_kth"):
         KTHClips(str(half_prepared), "train", SIZE, 1, max_step=10)
 
 

@@ -10,8 +10,8 @@ from urllib.error import HTTPError, URLError
 import pytest
 from kth_fakes import SEQUENCES
 
-from datasets import kth_download
-from utils import DRNetError
+from datasets.prepare import kth_download
+from utils import USER_ERROR, DRNetError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,7 +77,7 @@ def test_download_offline_fails_with_one_clear_line(
         raise URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(kth_download, "urlopen", unreachable)
-    assert kth_download.main([str(tmp_path)]) == 1
+    assert kth_download.main([str(tmp_path)]) == USER_ERROR
     error = capsys.readouterr().err
     assert error.count("\n") == 1
     assert error.startswith("error: cannot download http://www.csc.kth.se/cvap/actions/00sequences.txt")
@@ -178,6 +178,6 @@ def test_extraction_refuses_corrupt_zips(tmp_path: Path) -> None:
 
 
 def test_download_script_prints_usage_without_a_folder() -> None:
-    result = subprocess.run(["sh", "datasets/download_kth.sh"], cwd=REPO_ROOT, capture_output=True, text=True,
+    result = subprocess.run(["sh", "datasets/prepare/download_kth.sh"], cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=60)
-    assert result.returncode == 2 and "usage: sh datasets/download_kth.sh DIR" in result.stderr
+    assert result.returncode == 2 and "usage: sh datasets/prepare/download_kth.sh DIR" in result.stderr

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from evaluation.transfer import invariance_ratio
 from models import DRNet, discriminator_pairs
 from train_drnet import (
     adversarial_loss,
@@ -14,7 +15,6 @@ from train_drnet import (
     similarity_loss,
     train_step,
 )
-from transfer import invariance_ratio
 
 CONFIG = {"image_width": 64, "channels": 3, "content_dim": 8, "pose_dim": 3, "use_skip": False,
           "content_encoder": "dcgan", "pose_encoder": "dcgan", "decoder": "dcgan", "lr": 0.002, "beta1": 0.5}
@@ -120,7 +120,7 @@ def test_content_ratio_is_scale_free_and_zero_for_a_time_invariant_content():
 
 def test_periodic_content_transfer_is_zero_when_the_decoder_ignores_the_content(tmp_path):
     from datasets.moving_mnist import MovingMNIST
-    from transfer import swap_set
+    from evaluation.transfer import swap_set
 
     torch.manual_seed(0)
     model = DRNet(CONFIG)

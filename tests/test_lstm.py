@@ -17,19 +17,11 @@ import demo
 import main
 from datasets import moving_mnist
 from datasets.registry import DATASETS
-from models import DRNet
-from predictor import DRNetPredictor, PoseLSTM
-from runs import export_lstm, export_weights, load_model
-from train_lstm import (
-    CodePool,
-    encode_clips,
-    freeze_drnet,
-    label_strip_width,
-    lstm_step,
-    lstm_update,
-    save_rollout,
-    teacher_forced_loss,
-)
+from engine.checkpoints import export_lstm, export_weights, load_model
+from engine.config import LSTM_DEFAULTS, resolve_run
+from engine.pictures import label_strip_width, save_rollout
+from models import DRNet, DRNetPredictor, PoseLSTM
+from train_lstm import CodePool, encode_clips, freeze_drnet, lstm_step, lstm_update, teacher_forced_loss
 from utils import DRNetError, read_metrics
 
 
@@ -265,12 +257,12 @@ def test_predict_shapes_and_determinism(lstm_dir):
 
 
 def test_sequence_decoding_in_chunks_equals_one_frame_at_a_time(lstm_dir, monkeypatch):
-    import predictor
+    import models
 
     model = load_model(lstm_dir[0] / "checkpoint.pt")
     content = model.encode_content(torch.rand(2, 3, 64, 64))
     poses = torch.rand(2, 7, model.lstm.pose_dim) * 2 - 1
-    monkeypatch.setattr(predictor, "DECODE_CHUNK", 5)  # chunks that cut across clips
+    monkeypatch.setattr(models, "DECODE_CHUNK", 5)  # chunks that cut across clips
     with torch.no_grad():
         frames = model.decode_sequence(content, poses)
         one_by_one = torch.stack([model.decode(content, poses[:, t]) for t in range(7)], dim=1)
@@ -280,12 +272,12 @@ def test_sequence_decoding_in_chunks_equals_one_frame_at_a_time(lstm_dir, monkey
 
 def test_lstm_defaults_and_lr_flag(drnet_dir, shared, tmp_path):
     common = ["--use_lstm", "True", "--drnet_checkpoint", str(drnet_dir / "checkpoint.pt"), *shared]
-    config = main.resolve_run(main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "a")])).config
-    assert {k: config[k] for k in main.LSTM_DEFAULTS} == {"lr": 0.0002, "beta1": 0.9, "n_past": 10, "n_future": 10,
+    config = resolve_run(main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "a")])).config
+    assert {k: config[k] for k in LSTM_DEFAULTS} == {"lr": 0.0002, "beta1": 0.9, "n_past": 10, "n_future": 10,
                                                           "rnn_size": 256, "rnn_layers": 2, "rollout_len": 500,
                                                           "code_pool": 20000}
     assert config["run_dir"] == str(tmp_path / "a" / "lstm")
-    config = main.resolve_run(main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "b"),
+    config = resolve_run(main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "b"),
                                                               "--lr", "0.001"])).config
     assert config["lr"] == 0.001
 
@@ -294,10 +286,10 @@ def test_new_lstm_run_takes_the_drnets_clips_unless_given(shared, tmp_path):
     one_digit = tmp_path / "one"
     main.main([*shared, "--max_iter", "1", "--batch_size", "2", "--num_digits", "1", "--save_dir", str(one_digit)])
     common = ["--use_lstm", "True", "--drnet_checkpoint", str(one_digit / "checkpoint.pt"), *shared]
-    config = main.resolve_run(main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "a")])).config
+    config = resolve_run(main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "a")])).config
     assert config["num_digits"] == 1
     given = main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "b"), "--num_digits", "3"])
-    assert main.resolve_run(given).config["num_digits"] == 3
+    assert resolve_run(given).config["num_digits"] == 3
 
 
 def test_resume_equals_one_uninterrupted_run(drnet_dir, tiny, tmp_path):

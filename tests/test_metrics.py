@@ -8,7 +8,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-import metrics
+from evaluation import metrics
 
 
 def _skimage_ssim(pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:

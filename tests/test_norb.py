@@ -17,8 +17,10 @@ import pytest
 import torch
 
 from datasets import norb
-from datasets.norb import NORB_URL, NorbClips, download_norb, norb_dir, norb_file_names, read_norb_matrix
-from utils import DRNetError
+from datasets.norb import NORB_URL, NorbClips, norb_dir, norb_file_names, read_norb_matrix
+from datasets.prepare import norb_download
+from datasets.prepare.norb_download import download_norb
+from utils import USER_ERROR, DRNetError
 
 OBJECTS = {"train": [(0, 4), (0, 6), (3, 7)], "test": [(1, 0), (2, 5)]}  # (category, instance)
 ELEVATIONS = (1, 6)
@@ -283,7 +285,7 @@ def test_missing_files_say_where_to_put_them(tmp_path):
         NorbClips(str(tmp_path), "test", 64, 1, 20)
     message = str(error.value)
     assert str(tmp_path / "norb") in message and NORB_URL in message and "testing-dat.mat" in message
-    assert f"`python -m datasets.norb --download {tmp_path}`" in message
+    assert f"`python -m datasets.prepare.norb_download {tmp_path}`" in message
     assert "\n" not in message
 
 
@@ -292,7 +294,7 @@ def test_download_command_offline_fails_with_one_line(tmp_path, monkeypatch, cap
         raise urllib.error.URLError("Temporary failure in name resolution")
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
-    assert norb.main(["--download", str(tmp_path)]) == 1
+    assert norb_download.main([str(tmp_path)]) == USER_ERROR
     message = capsys.readouterr().err
     assert message.count("\n") == 1 and message.startswith("error: could not download")
     assert NORB_URL in message and "name resolution" in message

@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from plot_runs import plot_runs
+from tools.plot_runs import plot_runs
 
 
 def test_plot_runs_draws_every_run_that_has_the_metric(tmp_path, monkeypatch):

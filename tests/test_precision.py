@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import precision
-from precision import Precision, autocast, cpu_flags, cpu_model, resolve_precision
+from engine import precision
+from engine.precision import Precision, autocast, cpu_flags, cpu_model, resolve_precision
 
 CPU = torch.device("cpu")
 XEON = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n"

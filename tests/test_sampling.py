@@ -7,8 +7,8 @@ import torch
 import main
 from datasets.moving_mnist import MovingMNIST
 from datasets.registry import DATASETS, build_dataset
+from engine.checkpoints import check_architecture
 from models import DRNet
-from runs import check_architecture
 
 
 def clips_data(sampling: str, max_step: int = 12) -> MovingMNIST:

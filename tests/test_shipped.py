@@ -8,10 +8,10 @@ import torch
 
 from datasets.moving_mnist import moving_mnist
 from demo import SHIPPED_MODEL
-from identity import digit_classifier, identity_curve
-from metrics import mse
-from runs import load_model
-from transfer import content_transfer, digit_channels, swap_set
+from engine.checkpoints import load_model
+from evaluation.identity import digit_classifier, identity_curve
+from evaluation.metrics import mse
+from evaluation.transfer import content_transfer, digit_channels, swap_set
 
 pytestmark = pytest.mark.skipif(not SHIPPED_MODEL.is_file(), reason="this copy ships no trained model")
 

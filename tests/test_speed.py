@@ -7,11 +7,12 @@ import pytest
 import torch
 
 import main
-import precision
-import runs
 from datasets.prefetch import BatchStream
-from precision import adam, compile_networks, to_channels_last, uses_channels_last
-from runs import load_optimizer, read_losses
+from engine import loop as training_loop
+from engine import precision
+from engine.checkpoints import load_optimizer
+from engine.loop import read_losses
+from engine.precision import adam, compile_networks, to_channels_last, uses_channels_last
 from utils import DRNetError, MetricsLog, read_metrics
 
 CPU = torch.device("cpu")
@@ -20,13 +21,13 @@ CPU = torch.device("cpu")
 def loop(tmp_path, losses: list[float], sync_every: int, save_iters: int, monkeypatch) -> tuple[list, list]:
     """run_iterations over a step returning tensor losses in turn; the saves and the sizes of each read."""
     reads, saved = [], []
-    real_read = runs.read_losses
-    monkeypatch.setattr(runs, "read_losses", lambda pending: reads.append(len(pending)) or real_read(pending))
+    real_read = training_loop.read_losses
+    monkeypatch.setattr(training_loop, "read_losses", lambda pending: reads.append(len(pending)) or real_read(pending))
     values = iter(losses)
     config = {"max_iter": len(losses), "save_iters": save_iters, "sync_every": sync_every,
               "run_dir": str(tmp_path), "quiet": True}
     metrics = MetricsLog(tmp_path / "metrics.csv", ["rec", "disc_acc"])
-    runs.run_iterations(config, 0, "DRNET", BatchStream(lambda g: torch.zeros(1), torch.Generator(), 0),
+    training_loop.run_iterations(config, 0, "DRNET", BatchStream(lambda g: torch.zeros(1), torch.Generator(), 0),
                         lambda batch: {"rec": torch.tensor(next(values)), "disc_acc": torch.tensor(0.5)},
                         metrics, lambda iteration, state: saved.append(iteration), "--resume True")
     return reads, saved

@@ -1,7 +1,7 @@
 """Convert the downloaded KTH videos into grey PNG frames plus one JSON index.
 
-Usage: ``python -m datasets.convert_kth --data_root DIR --image_size 128 [--workers N]``
-(after ``sh datasets/download_kth.sh DIR``).
+Usage: ``python -m datasets.prepare.convert_kth --data_root DIR --image_width 128 [--workers N]``
+(after ``sh datasets/prepare/download_kth.sh DIR``).
 
 Input: every ``personXX_<class>_dY_uncomp.avi`` anywhere under ``DIR/raw/`` and ``DIR/raw/00sequences.txt``.
 Each video is decoded by the ffmpeg executable shipped in the imageio-ffmpeg wheel, converted to grey and
@@ -44,14 +44,12 @@ from pathlib import Path
 import imageio_ffmpeg
 from tqdm import tqdm
 
-# Run by path (`python datasets/convert_kth.py`), Python puts datasets/ first on the path: the imports below need the
-# repository there instead (`python -m datasets.convert_kth` does that already).
-if __name__ == "__main__" and not __package__:
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+if __name__ == "__main__" and not __package__:  # run by path: the project's imports need the root
+    sys.exit("run it from the repository root as a module: python -m datasets.prepare.convert_kth")
 
 from datasets.kth import FRAME_FILE, IMAGE_SIZES, INDEX_FILE, processed_dir
-from datasets.kth_download import KTH_CLASSES, SEQUENCE_FILE
-from utils import DRNetError
+from datasets.prepare.kth_download import KTH_CLASSES, SEQUENCE_FILE
+from utils import USER_ERROR, DRNetError
 
 FFMPEG_FRAME_PATTERN = "%05d.png"  # the same names, in ffmpeg's image2 syntax
 LAST_TRAIN_PERSON = 16
@@ -192,16 +190,16 @@ def video_entry(name: str, num_frames: int, segments: list[list[int]]) -> dict:
 def convert_kth(data_root: str | Path, image_size: int, workers: int) -> ConversionReport:
     """Decode every KTH video with a sequence entry into PNG frames and (re)write the index."""
     if image_size not in IMAGE_SIZES:
-        raise DRNetError(f"--image_size must be one of {IMAGE_SIZES} for KTH, got {image_size}")
+        raise DRNetError(f"--image_width must be one of {IMAGE_SIZES} for KTH, got {image_size}")
     raw = Path(data_root) / "raw"
     sequence_path = raw / SEQUENCE_FILE
     if not sequence_path.is_file():
-        raise DRNetError(f"{sequence_path} not found; run first: sh datasets/download_kth.sh {data_root}")
+        raise DRNetError(f"{sequence_path} not found; run first: sh datasets/prepare/download_kth.sh {data_root}")
     ranges, problems = parse_sequence_file(sequence_path.read_text(errors="replace"))
     report = ConversionReport(warnings=[f"{sequence_path.name} {problem}" for problem in problems])
     videos = find_videos(raw)
     if not videos:
-        raise DRNetError(f"no KTH videos under {raw}; run first: sh datasets/download_kth.sh {data_root}")
+        raise DRNetError(f"no KTH videos under {raw}; run first: sh datasets/prepare/download_kth.sh {data_root}")
     for name in sorted(set(videos) - set(ranges)):
         report.warnings.append(f"{name}: no entry in {SEQUENCE_FILE}, skipped")
     output_root = processed_dir(data_root, image_size)
@@ -262,14 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (1 if any video failed)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_root", required=True, help="folder holding raw/ from download_kth.sh")
-    parser.add_argument("--image_size", type=int, default=128, help="output frame size S (64 or 128)")
+    parser.add_argument("--image_width", type=int, default=128, help="output frame size S (64 or 128), as main.py's")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="parallel videos")
     args = parser.parse_args(argv)
     try:
-        report = convert_kth(args.data_root, args.image_size, max(1, args.workers))
+        report = convert_kth(args.data_root, args.image_width, max(1, args.workers))
     except DRNetError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return USER_ERROR
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     for name, reason in sorted(report.failed.items()):
@@ -277,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"converted {len(report.converted)}, already done {len(report.already_done)}, "
         f"failed {len(report.failed)}; index of {report.index_videos} videos in "
-        f"{processed_dir(args.data_root, args.image_size) / INDEX_FILE}"
+        f"{processed_dir(args.data_root, args.image_width) / INDEX_FILE}"
     )
     return 1 if report.failed else 0
 

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 
 from datasets.moving_mnist import Clips, MovingMNIST
-from metrics import mse
+from evaluation.metrics import mse
 from models import Content, DRNet
 
 CHUNK = 100  # frames per network call
@@ -70,11 +70,6 @@ def mean_content(contents: list[Content]) -> Content:
     return Content(h[None], [s[None] for s in skips])
 
 
-def expand(content: Content, batch: int) -> Content:
-    """A single content (1, ...) repeated for a batch."""
-    return Content(content.h.expand(batch, -1), [s.expand(batch, -1, -1, -1) for s in content.skips])
-
-
 @torch.no_grad()
 def swap_renderings(model: DRNet, swaps: SwapSet, device: torch.device) -> dict[str, torch.Tensor]:
     """B's poses rendered (N, C, S, S, on the CPU) with A's content ("right"), C's ("other"), the mean ("mean")."""
@@ -90,7 +85,7 @@ def swap_renderings(model: DRNet, swaps: SwapSet, device: torch.device) -> dict[
     for content, other, pose in zip(contents, others, poses, strict=True):
         rendered["right"].append(model.decode(content, pose).cpu())
         rendered["other"].append(model.decode(other, pose).cpu())
-        rendered["mean"].append(model.decode(expand(average, len(pose)), pose).cpu())
+        rendered["mean"].append(model.decode(average.expand(len(pose)), pose).cpu())
     return {name: torch.cat(frames) for name, frames in rendered.items()}
 
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# One GPU session of the disentanglement screening (README "Does the decoder use the content?"): a smoke run of
+# One GPU session of the disentanglement screening (docs/evaluation.md, docs/results.md): a smoke run of
 # both stages and the evaluation on CUDA, the GPU check, then three Moving MNIST DRNETs trained side by side on
 # one GPU (the default; one grey digit; --normalize True) until DEADLINE_S seconds after the start less the
 # LSTM stage, the pose LSTM for LSTM_S seconds on the run with the highest content transfer, and half-precision
 # exports of that run (with its LSTM) and the runner-up. Every run stops by Ctrl-C (SIGINT), so it saves its
 # last whole iteration and can be resumed with --resume True.
-# Usage: OUT=results_dir bash benchmarks/gpu_screen.sh
+# Usage: OUT=results_dir bash tools/gpu_screen.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu_results}
@@ -23,7 +23,7 @@ python main.py --use_lstm True --save_dir "$runs/smoke" --max_iter 2 --save_iter
 python main.py --evaluate --checkpoint "$runs/smoke/lstm/checkpoint.pt" --eval_clips 20 --eval_steps 5 || exit 3
 
 stamp "GPU check"
-bash benchmarks/gpu_check.sh 10 2>&1 | tee "$out/gpu_check.md"
+bash tools/gpu_check.sh 10 2>&1 | tee "$out/gpu_check.md"
 
 declare -A flags=([default]="" [digits1]="--num_digits 1 --channels 1" [sphere]="--normalize True")
 # What is left before the deadline goes to DRNET, less the LSTM stage and a margin for saves and exports.

@@ -1,4 +1,4 @@
-"""Linear probes of frozen content and pose vectors: the `probes` section of the evaluation (evaluate.py).
+"""Linear probes of frozen content and pose vectors: the `probes` section of the evaluation.
 
 Logistic-regression accuracy of each clip label from the content vector (the first frame of a window)
 and from the pose vector (a random frame of it), next to `<label>_chance`, the accuracy of always

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from datasets.moving_mnist import DIGIT_SIZE, MovingMNIST, load_mnist
-from transfer import SwapSet
+from evaluation.transfer import SwapSet
 from utils import DRNetError, save_checkpoint
 
 log = logging.getLogger("drnet")

@@ -1,7 +1,7 @@
 """Does bf16 learn as well as fp32? The same DRNET runs trained both ways side by side, then evaluated.
 
-    python benchmarks/bf16_learning.py --iters 1000 --seeds 1 --device cpu --cpus 0-7 8-15 -- --batch_size 50
-    python benchmarks/bf16_learning.py --iters 4000 --seeds 1 2 --device cuda -- --num_digits 1 --channels 1
+    python -m tools.bf16_learning --iters 1000 --seeds 1 --device cpu --cpus 0-7 8-15 -- --batch_size 50
+    python -m tools.bf16_learning --iters 4000 --seeds 1 2 --device cuda -- --num_digits 1 --channels 1
 
 Each (seed, precision) pair is one `python main.py --dataset mnist` run with the flags after `--`, differing only
 in --amp (off or bf16); all run at once, each pinned to its own CPU set where --cpus names them (one per run,
@@ -23,11 +23,13 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if __name__ == "__main__" and not __package__:  # run by path: the project's imports need the root
+    sys.exit("run it from the repository root as a module: python -m tools.bf16_learning")
 
-from runs import checkpoint_path  # noqa: E402  (the repository root is on the path only now)
-from utils import read_metrics  # noqa: E402
+from engine.checkpoints import checkpoint_path
+from utils import read_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def cpu_set(spec: str) -> set[int]:

@@ -1,4 +1,4 @@
-"""Evaluation of a trained checkpoint: `python main.py --evaluate [--checkpoint PATH]` (issues 4 and 9).
+"""Evaluation of a trained checkpoint: `python main.py --evaluate [--checkpoint PATH]`.
 
 Everything is written to `--eval_dir` (default `eval/` beside the checkpoint): `metrics.json`,
 `summary.txt` (the table that is also printed), `swap_examples.png` (Moving MNIST) and
@@ -62,18 +62,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from benchmark import benchmark_results, table_rows
 from datasets import ClipDataset
 from datasets.moving_mnist import DIGIT_SIZE, MovingMNIST
 from datasets.registry import build_dataset
-from identity import DigitClassifier, check_readable, digit_classifier, identity_curve, swap_identity
-from metrics import mse, per_step, psnr, ssim
-from models import DRNet, SceneDiscriminator, discriminator_pairs
-from predictor import DRNetPredictor
-from probes import NothingToProbe, content_vectors, in_batches, pose_vectors, probe_results
-from runs import load_checkpoint, model_from_checkpoint
-from transfer import digit_channels, invariance_ratio, swap_renderings, swap_set, transfer_errors
-from utils import DRNetError, save_image_grid
+from engine.checkpoints import load_checkpoint, model_from_checkpoint
+from engine.pictures import save_image_grid
+from evaluation.benchmark import benchmark_results, table_rows
+from evaluation.identity import DigitClassifier, check_readable, digit_classifier, identity_curve, swap_identity
+from evaluation.metrics import mse, per_step, psnr, ssim
+from evaluation.probes import NothingToProbe, content_vectors, in_batches, pose_vectors, probe_results
+from evaluation.transfer import digit_channels, invariance_ratio, swap_renderings, swap_set, transfer_errors
+from models import DRNet, DRNetPredictor, SceneDiscriminator, discriminator_pairs
+from utils import DRNetError
 
 log = logging.getLogger("drnet")
 

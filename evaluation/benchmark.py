@@ -1,14 +1,13 @@
 """The field's video-prediction benchmarks for pose-LSTM checkpoints: the `benchmark` part of the evaluation, and
 a command of its own that scores one protocol without the rest of the evaluation (docs/benchmark.md):
 
-    python benchmark.py --checkpoint runs/mnist_grey/lstm/checkpoint.pt [--protocol moving_mnist_10_to_10]
+    python -m evaluation.benchmark --checkpoint runs/mnist_grey/lstm/checkpoint.pt [--protocol moving_mnist_10_to_10]
 
 It prints one row in the layout of the field's tables (method, setting, params, FLOPs, FPS, MSE, MAE, both
 SSIMs, PSNR, LPIPS) and saves what it scored as OpenSTL does, float32 arrays (clips, T, C, H, W) in [0, 1]:
 inputs.npy (the observed frames), trues.npy (the ground truth) and preds.npy (the predictions), with
-metrics.json, in --out (default: benchmark/<protocol>/ beside the checkpoint). Not the speed benchmark
-(that is bench.py). Protocols (issue 13), each scoring the frames predicted from 10
-observed ones with `model.predict`:
+metrics.json, in --out (default: benchmark/<protocol>/ beside the checkpoint). Protocols, each scoring the
+frames predicted from 10 observed ones with `model.predict`:
 - moving_mnist_10_to_10: the standard Moving MNIST test file, `mnist_test_seq.npy` (Srivastava et al. 2015:
   10,000 clips of 20 grey 64x64 frames with two digits), all of it, in file order. It is looked for where
   torchvision's `MovingMNIST(DATA_ROOT, download=True)` puts it, DATA_ROOT/MovingMNIST/, then in
@@ -52,11 +51,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+if __name__ == "__main__" and not __package__:  # run by path: the project's imports need the root
+    sys.exit("run it from the repository root as a module: python -m evaluation.benchmark")
+
 from datasets import ClipDataset
 from datasets.frames import last_line
-from metrics import mse, ssim, ssim_openstl
-from predictor import DRNetPredictor
-from utils import DRNetError, resolve_device, str2bool
+from evaluation.metrics import mse, ssim, ssim_openstl
+from models import DRNetPredictor
+from utils import USER_ERROR, DRNetError, resolve_device, str2bool
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # per-image metric: (..., C, H, W) pairs -> (...)
 N_PAST = 10
@@ -334,8 +336,8 @@ def choose_protocol(config: dict, asked: str | None) -> str:
 def run_benchmark(checkpoint: Path, protocol: str | None, data_root: str | None, n_clips: int | None,
                   out: Path | None, device: torch.device, save_arrays: bool) -> tuple[dict, Path]:
     """Score one protocol of a pose-LSTM checkpoint, write metrics.json (and the arrays) into the output folder."""
-    from evaluate import FRAME_METRICS, seeded  # the evaluation's PSNR cap and its KTH clip stream
-    from runs import load_checkpoint, model_from_checkpoint
+    from engine.checkpoints import load_checkpoint, model_from_checkpoint
+    from evaluation.evaluate import FRAME_METRICS, seeded  # the evaluation's PSNR cap and its KTH clip stream
 
     stored = load_checkpoint(checkpoint, map_location=device)
     if stored.get("kind") != "lstm":
@@ -407,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
                                      resolve_device(args.device), args.save_arrays)
     except DRNetError as error:
         print(f"benchmark.py: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(USER_ERROR)
     print(format_row(results))
     for why in results["skipped"].values():
         print(f"LPIPS not scored: {why}")

@@ -1,6 +1,6 @@
 """Download the KTH actions dataset: six class zips and the official sequence file.
 
-Usage: ``python -m datasets.kth_download DIR`` (or ``sh datasets/download_kth.sh DIR``).
+Usage: ``python -m datasets.prepare.kth_download DIR`` (or ``sh datasets/prepare/download_kth.sh DIR``).
 
 Layout written under DIR (nothing is ever written outside it)::
 
@@ -26,10 +26,8 @@ from urllib.request import Request, urlopen
 
 from tqdm import tqdm
 
-# Run by path (`python datasets/kth_download.py`), Python puts datasets/ first on the path: the imports below need the
-# repository there instead (`python -m datasets.kth_download` does that already).
-if __name__ == "__main__" and not __package__:
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+if __name__ == "__main__" and not __package__:  # run by path: the project's imports need the root
+    sys.exit("run it from the repository root as a module: python -m datasets.prepare.kth_download")
 
 from utils import DRNetError, report_errors
 

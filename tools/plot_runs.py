@@ -1,10 +1,10 @@
 """Compare runs: one test metric of several run directories against iterations, one line per run.
 
-    python plot_runs.py runs/screen/* --metric test_content_transfer --out content_transfer.png
+    python -m tools.plot_runs runs/screen/* --metric test_content_transfer --out content_transfer.png
 
 Reads each run's `test_metrics.csv`; a second panel puts the same lines against training clips seen
 (iterations x batch size from the run's config.json), so runs at different batch sizes compare fairly.
-With `--cpu_s_per_clip S` (measured with bench.py on the machine that trained the runs) that panel shows
+With `--cpu_s_per_clip S` (measured with `python -m tools.speed` on the machine that trained the runs) that panel shows
 CPU hours instead: clips seen x S / 3600.
 """
 
@@ -13,7 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
+
+if __name__ == "__main__" and not __package__:  # run by path: the project's imports need the root
+    sys.exit("run it from the repository root as a module: python -m tools.plot_runs")
 
 from utils import read_metrics
 

@@ -1,8 +1,8 @@
 """How a run computes: bf16 autocast or fp32 (and why), memory layout, fused Adam, torch.compile.
 
 On CPUs with AMX tiles (Intel Sapphire Rapids and later) or AVX-512 bf16, a DRNET iteration in bf16 autocast
-on channels_last tensors takes 0.43x the fp32 one (bench.py on two cores of an AMX Xeon), and learns the same
-(benchmarks/bf16_learning.py). Elsewhere PyTorch emulates bf16 arithmetic, which is slower than fp32, so the
+on channels_last tensors takes 0.43x the fp32 one (measured on two cores of an AMX Xeon), and learns the
+same. Elsewhere PyTorch emulates bf16 arithmetic, which is slower than fp32, so the
 default, `--amp auto`, takes bf16 only where the CPU reports one of those features and a start-up check (one
 small convolution, forward and backward) agrees with fp32. On GPUs bf16 changes the numerics a user asked
 for and gains little at these sizes, so it is opt-in there (`--amp bf16`).
@@ -11,7 +11,7 @@ What stays fp32 under autocast: the parameters and Adam's moments (autocast neve
 (`mse_loss` and `binary_cross_entropy_with_logits` run in fp32 under autocast) and the similarity target.
 
 The rest changes speed, not what is computed: bf16 convolutions on a CPU run faster on channels_last
-(NHWC) tensors (bench.py), Adam's fused kernel updates all parameters in one call instead of one per tensor
+(NHWC) tensors, Adam's fused kernel updates all parameters in one call instead of one per tensor
 (5x faster on a CPU), `--compile True` hands the networks to torch.compile, and `--cuda_graph True` records
 a whole training step once as a CUDA graph and replays it (`CapturedStep`): at 64 px an eager step on a big
 GPU is bound by launching its kernels one by one from Python, a replay launches them all at once.
@@ -136,7 +136,7 @@ def autocast(precision: Precision, device: torch.device, cache: bool = True) -> 
 
 
 def uses_channels_last(precision: Precision, device: torch.device) -> bool:
-    """Whether DRNET training keeps its frames and weights channels_last: bf16 on a CPU (where bench.py measured
+    """Whether DRNET training keeps its frames and weights channels_last: bf16 on a CPU (where tools/speed.py measured
     it faster; fp32 convolutions gained nothing on an AVX2 CPU, and a GPU gains nothing at these sizes)."""
     return precision.dtype is not None and device.type == "cpu"
 

@@ -1,9 +1,9 @@
 """Screen pose-LSTM checkpoints by what a user sees in their roll-outs: does the digit stay, and where is it?
 
-    python -m benchmarks.lstm_screen runs/a/lstm/checkpoint.pt runs/b/lstm/checkpoint.pt --clips 100
+    python -m tools.lstm_screen runs/a/lstm/checkpoint.pt runs/b/lstm/checkpoint.pt --clips 100
 
 For each Moving MNIST checkpoint, on the same fixed test clips: the share of roll-out frames the digit
-classifier (identity.py) reads as the clip's own digits at steps 1, 10, 50 and 100, the same for the
+classifier of the evaluation reads as the clip's own digits at steps 1, 10, 50 and 100, the same for the
 decoder fed the true future poses (the ceiling of any pose LSTM with this DRNET), the frame MSE at those
 steps, and the teacher-forced pose error on test clips (held out) and on training clips the run never drew
 (another seed), as `main.py --evaluate` would take minutes to give. Prints one Markdown row per checkpoint.
@@ -12,12 +12,16 @@ steps, and the teacher-forced pose error on test clips (held out) and on trainin
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
+if __name__ == "__main__" and not __package__:  # run by path: the project's imports need the root
+    sys.exit("run it from the repository root as a module: python -m tools.lstm_screen")
+
 from datasets.moving_mnist import moving_mnist
-from identity import digit_classifier, identity_curve
-from runs import load_checkpoint, model_from_checkpoint
+from engine.checkpoints import load_checkpoint, model_from_checkpoint
+from evaluation.identity import digit_classifier, identity_curve
 from train_lstm import encode_clips, teacher_forced_loss
 
 STEPS = (1, 10, 50, 100)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The two-digit GPU campaign (docs/gpu.md): one command on one CUDA GPU, at most DEADLINE_S seconds (530) from its
 # start, everything under $OUT:
-#   speed.md        bench.py at batch 100, 64 px: eager ("ours") against the captured step (--cuda_graph True) in
+#   speed.md        tools/speed.py at batch 100, 64 px: eager ("ours") against the captured step (--cuda_graph True) in
 #                   fp32 and bf16, with peak GPU memory;
 #   equivalence.md  the same seed trained EQUIV_ITERS iterations eagerly and captured, side by side: the losses;
 #   screen.md       SCREEN's two-digit, two-colour variants trained side by side (captured) for SCREEN_S seconds,
@@ -12,7 +12,7 @@
 #   CSVs, curves and pictures of every run in results.tar.gz.
 # Every run stops by Ctrl-C (SIGINT) at its deadline, so it saves its last whole iteration and can be resumed.
 # SMOKE=1 runs the same steps on the CPU with tiny sizes (eager: the CPU cannot capture; minutes on 2 cores).
-# Usage: OUT=results_dir bash benchmarks/gpu_campaign.sh
+# Usage: OUT=results_dir bash tools/gpu_campaign.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-campaign_results}
@@ -48,7 +48,7 @@ later=$(( screen_s + eval_s + lstm_s + final_s ))
 
 stamp "speed: eager against captured (fp32, bf16) at 64 px"
 # shellcheck disable=SC2086
-stopped "$(budget "$bench_s" "$later")" python bench.py $bench --variants ours captured "captured bf16" \
+stopped "$(budget "$bench_s" "$later")" python -m tools.speed $bench --variants ours captured "captured bf16" \
     2>&1 | tee "$out/speed.md"
 
 declare -A flags=()
@@ -121,7 +121,7 @@ EOF
 )
 for name in "${names[@]}"; do echo "- $name: ${flags[$name]}"; done | cat "$runs/screen.md" - > "$out/screen.md"
 cat "$out/screen.md"
-python plot_runs.py "${names[@]/#/$runs/}" --metric test_content_transfer --out "$out/content_transfer.png" \
+python -m tools.plot_runs "${names[@]/#/$runs/}" --metric test_content_transfer --out "$out/content_transfer.png" \
     > /dev/null 2>&1
 read -r best _ <<< "$ranked"
 echo "$best: ${flags[$best]}" > "$out/best.txt"

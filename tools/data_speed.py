@@ -1,15 +1,15 @@
 """Benchmark: how long the KTH loader takes to prepare one DRNET training batch from PNG frames on disk.
 
-    python benchmarks/data_speed.py [--batch_size 100] [--batches 10] [--image_size 128] [--step_s 0.168]
+    python -m tools.data_speed [--batch_size 100] [--batches 10] [--image_size 128] [--step_s 0.168]
 
-Writes a synthetic KTH in the layout convert_kth.py produces (processed/<S>/<video>/<i:05d>.png plus index.json)
+Writes a synthetic KTH in the layout of the prepared KTH data (processed/<S>/<video>/<i:05d>.png plus index.json)
 to a temporary folder, then times `KTHClips.drnet_batch` in the calling thread and through `BatchStream` (the
 training loop's `--data_threads`; the consumer does nothing), each with 1 and more decode threads (the loader's
 `decode_threads`, which read a batch's frames side by side), and, with CUDA, `.pin_memory()` on one batch.
 Times are medians over batches. Prints Markdown; asserts nothing. The frames are smooth noise (a blurred
 background, a dark blob walking across it, faint camera noise), not white noise, which PNG cannot compress.
 
-The PNGs are written by Pillow, not by ffmpeg as convert_kth.py does (the GPU machines lack imageio-ffmpeg).
+The PNGs are written by Pillow, not by ffmpeg as the KTH conversion does (the GPU machines lack imageio-ffmpeg).
 Pillow picks a filter per row, ffmpeg uses Paeth on every row, which takes longer to undo: the same frames
 from ffmpeg decoded 1.4x slower on a shared 2-core EPYC (0.42 against 0.29 ms at 128 px): these times are low.
 
@@ -32,11 +32,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere, like bench.py from the root
-from datasets.kth import DECODE_THREADS, FRAME_FILE, INDEX_FILE, KTHClips, processed_dir  # noqa: E402
-from datasets.kth_download import KTH_CLASSES  # noqa: E402
-from datasets.prefetch import BatchStream  # noqa: E402
-from precision import cpu_model  # noqa: E402
+if __name__ == "__main__" and not __package__:  # run by path: the project's imports need the root
+    sys.exit("run it from the repository root as a module: python -m tools.data_speed")
+from datasets.kth import DECODE_THREADS, FRAME_FILE, INDEX_FILE, KTHClips, processed_dir
+from datasets.prefetch import BatchStream
+from datasets.prepare.kth_download import KTH_CLASSES
+from engine.precision import cpu_model
 
 SEED = 0
 

@@ -1,9 +1,9 @@
 """Benchmark: seconds per DRNET training iteration side by side with the authors' step, and roll-out speed.
 
-    python bench.py                     # batch 100, 64 px Moving MNIST, on the default device
-    python bench.py --iters 20 --device cuda
-    python bench.py --variants ours "ours, bf16"
-    python bench.py --dataset kth --device cuda   # KTH's networks at 128 px on random frames
+    python -m tools.speed                     # batch 100, 64 px Moving MNIST, on the default device
+    python -m tools.speed --iters 20 --device cuda
+    python -m tools.speed --variants ours "ours, bf16"
+    python -m tools.speed --dataset kth --device cuda   # KTH's networks at 128 px on random frames
 
 Speed claims hold for one machine only, so every figure comes from this one run, and the table names the CPU
 and its bf16 features. "reference" does per iteration what the authors' drnet-py train_drnet.py does (written
@@ -27,10 +27,14 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+
+if __name__ == "__main__" and not __package__:  # run by path: the project's imports need the root
+    sys.exit("run it from the repository root as a module: python -m tools.speed")
 
 from models import DRNet
 
@@ -96,8 +100,8 @@ def measure(variant: str, batch_size: int, iters: int, warmup: int, device_name:
     """
     from datasets.moving_mnist import moving_mnist
     from datasets.registry import DATASETS
-    from precision import FP32, Precision, compile_networks, set_capturable, to_channels_last
-    from runs import read_losses
+    from engine.loop import read_losses
+    from engine.precision import FP32, Precision, compile_networks, set_capturable, to_channels_last
     from train_drnet import captured_step, make_optimizers, train_step
     from utils import resolve_device
 
@@ -155,7 +159,7 @@ def measure(variant: str, batch_size: int, iters: int, warmup: int, device_name:
                 pending.append(reference_step(model, optimizers, frames, config["alpha"], config["beta"]))
             else:
                 pending.append(train_step(model, optimizers, frames, config["alpha"], config["beta"], generator))
-        if len(pending) >= options["read_every"]:  # as runs.run_iterations reads them: one transfer
+        if len(pending) >= options["read_every"]:  # as engine.loop.run_iterations reads them: one transfer
             read_losses(list(enumerate(pending)))
             pending = []
     synchronize()
@@ -166,7 +170,7 @@ def measure(variant: str, batch_size: int, iters: int, warmup: int, device_name:
 
 def measure_rollout(device_name: str) -> dict:
     """Seconds to predict ROLLOUT_FRAMES frames of ROLLOUT_CLIPS clips, decoded one step per call and in one pass."""
-    import predictor
+    import models
     from datasets.registry import DATASETS
     from utils import resolve_device
 
@@ -174,11 +178,11 @@ def measure_rollout(device_name: str) -> dict:
     config = {**DATASETS["mnist"], "use_skip": False}
     lstm_config = {"rnn_size": 256, "rnn_layers": 2}
     torch.manual_seed(0)
-    model = predictor.DRNetPredictor(config, lstm_config).to(device).eval()
+    model = models.DRNetPredictor(config, lstm_config).to(device).eval()
     past = torch.rand(ROLLOUT_CLIPS, 10, 3, 64, 64, generator=torch.Generator().manual_seed(0)).to(device)
     seconds = {}
-    for name, chunk in (("one step per call", ROLLOUT_CLIPS), ("one pass", predictor.DECODE_CHUNK)):
-        predictor.DECODE_CHUNK = chunk  # ROLLOUT_CLIPS frames per decoder call is the cost of one call per step
+    for name, chunk in (("one step per call", ROLLOUT_CLIPS), ("one pass", models.DECODE_CHUNK)):
+        models.DECODE_CHUNK = chunk  # ROLLOUT_CLIPS frames per decoder call is the cost of one call per step
         with torch.no_grad():
             began = time.perf_counter()
             model.predict(past, ROLLOUT_FRAMES)
@@ -192,8 +196,8 @@ def measure_lstm(device_name: str, batch_size: int, iters: int) -> dict:
     """Seconds per clip of one pose-LSTM update on 20-frame Moving MNIST clips: encoding every batch through the
     frozen DRNET (fp32, and bf16 where `--amp auto` takes it) against drawing the batch from the code pool."""
     from datasets.registry import DATASETS
-    from precision import FP32, adam, autocast, resolve_precision
-    from predictor import DRNetPredictor
+    from engine.precision import FP32, adam, autocast, resolve_precision
+    from models import DRNetPredictor
     from train_lstm import CodePool, encode_clips, freeze_drnet, lstm_update
     from utils import resolve_device
 
@@ -240,7 +244,8 @@ def peak_memory_mib(device: torch.device) -> float:
 
 def in_subprocess(*flags: str) -> dict:
     """Run this script with `flags` in a fresh process and return the JSON line it prints, or {"error": why}."""
-    done = subprocess.run([sys.executable, __file__, *flags], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "tools.speed", *flags], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
     if done.returncode != 0:  # one variant that cannot run here (torch.compile without a compiler) ends its row
         lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
         return {"error": lines[-1][:200]}
@@ -249,7 +254,7 @@ def in_subprocess(*flags: str) -> dict:
 
 def main() -> None:
     """Run each variant in its own process and print the tables."""
-    from precision import NATIVE_BF16_FLAGS, cpu_flags, cpu_model, resolve_precision
+    from engine.precision import NATIVE_BF16_FLAGS, cpu_flags, cpu_model, resolve_precision
     from utils import resolve_device
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -1,5 +1,5 @@
 """Flags from elsewhere than our command line: the authors' names for them, and a run's config.json (--config);
-and the parser of main.py, whose errors are one line.
+and the command-line parser whose errors are one line.
 
 The parser names our flag when one of the authors' is given (docs/authors_flags.md has the table). Their names are
 read from the option lists of drnet-py (train_drnet.py, train_lstm.py) and of the Lua code (train_drnet.lua,
@@ -16,6 +16,8 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from utils import USER_ERROR
 
 PY, LUA, BOTH = "drnet-py's", "the Lua code's", "drnet-py's and the Lua code's"
 MAX_ITER_PY = "use --max_iter, the total number of iterations (drnet-py trains niter x epoch_size)"
@@ -141,4 +143,4 @@ class OneLineParser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
