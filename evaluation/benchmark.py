@@ -51,8 +51,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-if __name__ == "__main__" and not __package__:  # run by path: the project's imports need the root
-    sys.exit("run it from the repository root as a module: python -m evaluation.benchmark")
+if __name__ == "__main__" and not __package__:  # run by path: our imports need the repository root
+    print("error: run it from the repository root as a module: python -m evaluation.benchmark", file=sys.stderr)
+    sys.exit(2)  # the user-error status of every command (utils.USER_ERROR)
 
 from datasets import ClipDataset
 from datasets.frames import last_line
@@ -390,7 +391,7 @@ def format_row(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse flags, score one protocol, print its row and the files written."""
-    parser = argparse.ArgumentParser(prog="benchmark.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m evaluation.benchmark", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="a pose-LSTM checkpoint (lstm/checkpoint.pt)")
     parser.add_argument("--protocol", choices=list(PROTOCOLS), help="what to score (the first that fits the model)")
     parser.add_argument("--data_root", help="where the data is (the checkpoint's --data_root)")
@@ -408,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
         results, out = run_benchmark(args.checkpoint, args.protocol, args.data_root, args.clips, args.out,
                                      resolve_device(args.device), args.save_arrays)
     except DRNetError as error:
-        print(f"benchmark.py: error: {error}", file=sys.stderr)
+        print(f"python -m evaluation.benchmark: error: {error}", file=sys.stderr)
         sys.exit(USER_ERROR)
     print(format_row(results))
     for why in results["skipped"].values():

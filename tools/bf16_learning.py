@@ -23,8 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run by path: the project's imports need the root
-    sys.exit("run it from the repository root as a module: python -m tools.bf16_learning")
+if __name__ == "__main__" and not __package__:  # run by path: our imports need the repository root
+    print("error: run it from the repository root as a module: python -m tools.bf16_learning", file=sys.stderr)
+    sys.exit(2)  # the user-error status of every command (utils.USER_ERROR)
 
 from engine.checkpoints import checkpoint_path
 from utils import read_metrics
@@ -67,7 +68,7 @@ def evaluate(checkpoint: Path, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     """Train, stop at the deadline, evaluate, print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.bf16_learning", description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=1000)
     parser.add_argument("--save_iters", type=int, default=250)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])

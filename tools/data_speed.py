@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-if __name__ == "__main__" and not __package__:  # run by path: the project's imports need the root
-    sys.exit("run it from the repository root as a module: python -m tools.data_speed")
+if __name__ == "__main__" and not __package__:  # run by path: our imports need the repository root
+    print("error: run it from the repository root as a module: python -m tools.data_speed", file=sys.stderr)
+    sys.exit(2)  # the user-error status of every command (utils.USER_ERROR)
 from datasets.kth import DECODE_THREADS, FRAME_FILE, INDEX_FILE, KTHClips, processed_dir
 from datasets.prefetch import BatchStream
 from datasets.prepare.kth_download import KTH_CLASSES
@@ -96,7 +97,7 @@ def time_batches(clips: KTHClips, batch_size: int, batches: int, ahead: int) -> 
 
 def main() -> None:
     """Build the fake KTH, time the loader in each setting, print the table and the verdict."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.data_speed", description=__doc__.splitlines()[0])
     parser.add_argument("--batch_size", type=int, default=100)
     parser.add_argument("--batches", type=int, default=10, help="batches timed per setting")
     parser.add_argument("--image_size", type=int, default=128, choices=(64, 128))

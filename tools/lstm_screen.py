@@ -16,8 +16,9 @@ import sys
 
 import torch
 
-if __name__ == "__main__" and not __package__:  # run by path: the project's imports need the root
-    sys.exit("run it from the repository root as a module: python -m tools.lstm_screen")
+if __name__ == "__main__" and not __package__:  # run by path: our imports need the repository root
+    print("error: run it from the repository root as a module: python -m tools.lstm_screen", file=sys.stderr)
+    sys.exit(2)  # the user-error status of every command (utils.USER_ERROR)
 
 from datasets.moving_mnist import moving_mnist
 from engine.checkpoints import load_checkpoint, model_from_checkpoint
@@ -61,7 +62,7 @@ def screen(path: str, clips: int, steps: int, seed: int) -> dict[str, float]:
 
 def main() -> None:
     """Screen the checkpoints named on the command line and print a Markdown table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.lstm_screen", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+")
     parser.add_argument("--clips", type=int, default=100, help="test clips per checkpoint (100)")
     parser.add_argument("--steps", type=int, default=100, help="frames generated after 10 observed ones (100)")

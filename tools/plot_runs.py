@@ -16,8 +16,9 @@ import math
 import sys
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run by path: the project's imports need the root
-    sys.exit("run it from the repository root as a module: python -m tools.plot_runs")
+if __name__ == "__main__" and not __package__:  # run by path: our imports need the repository root
+    print("error: run it from the repository root as a module: python -m tools.plot_runs", file=sys.stderr)
+    sys.exit(2)  # the user-error status of every command (utils.USER_ERROR)
 
 from utils import read_metrics
 
@@ -55,7 +56,7 @@ def plot_runs(run_dirs: list[Path], metric: str, out: Path, cpu_s_per_clip: floa
 
 def main() -> None:
     """Parse the run directories, the metric and the output file, and plot."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.plot_runs", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories holding test_metrics.csv")
     parser.add_argument("--metric", default="test_content_transfer", help="a column of test_metrics.csv")
     parser.add_argument("--out", type=Path, default=Path("runs.png"), help="the PNG to write")

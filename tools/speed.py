@@ -33,8 +33,9 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-if __name__ == "__main__" and not __package__:  # run by path: the project's imports need the root
-    sys.exit("run it from the repository root as a module: python -m tools.speed")
+if __name__ == "__main__" and not __package__:  # run by path: our imports need the repository root
+    print("error: run it from the repository root as a module: python -m tools.speed", file=sys.stderr)
+    sys.exit(2)  # the user-error status of every command (utils.USER_ERROR)
 
 from models import DRNet
 
@@ -257,7 +258,7 @@ def main() -> None:
     from engine.precision import NATIVE_BF16_FLAGS, cpu_flags, cpu_model, resolve_precision
     from utils import resolve_device
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.speed", description=__doc__.splitlines()[0])
     parser.add_argument("--batch_size", type=int, default=100)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)

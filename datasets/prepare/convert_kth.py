@@ -44,8 +44,9 @@ from pathlib import Path
 import imageio_ffmpeg
 from tqdm import tqdm
 
-if __name__ == "__main__" and not __package__:  # run by path: the project's imports need the root
-    sys.exit("run it from the repository root as a module: python -m datasets.prepare.convert_kth")
+if __name__ == "__main__" and not __package__:  # run by path: our imports need the repository root
+    print("error: run it from the repository root as a module: python -m datasets.prepare.convert_kth", file=sys.stderr)
+    sys.exit(2)  # the user-error status of every command (utils.USER_ERROR)
 
 from datasets.kth import FRAME_FILE, IMAGE_SIZES, INDEX_FILE, processed_dir
 from datasets.prepare.kth_download import KTH_CLASSES, SEQUENCE_FILE
@@ -258,7 +259,7 @@ def write_index(
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (1 if any video failed)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m datasets.prepare.convert_kth", description=__doc__.splitlines()[0])
     parser.add_argument("--data_root", required=True, help="folder holding raw/ from download_kth.sh")
     parser.add_argument("--image_width", type=int, default=128, help="output frame size S (64 or 128), as main.py's")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="parallel videos")

@@ -26,8 +26,10 @@ from urllib.request import Request, urlopen
 
 from tqdm import tqdm
 
-if __name__ == "__main__" and not __package__:  # run by path: the project's imports need the root
-    sys.exit("run it from the repository root as a module: python -m datasets.prepare.kth_download")
+if __name__ == "__main__" and not __package__:  # run by path: our imports need the repository root
+    print("error: run it from the repository root as a module: "
+          "python -m datasets.prepare.kth_download", file=sys.stderr)
+    sys.exit(2)  # the user-error status of every command (utils.USER_ERROR)
 
 from utils import DRNetError, report_errors
 
@@ -154,7 +156,8 @@ def download_kth(data_root: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m datasets.prepare.kth_download",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("data_root", help="folder that will hold raw/ (and later processed/)")
     args = parser.parse_args(argv)
 

@@ -12,8 +12,10 @@ import sys
 import urllib.request
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run by path: the project's imports need the root
-    sys.exit("run it from the repository root as a module: python -m datasets.prepare.norb_download")
+if __name__ == "__main__" and not __package__:  # run by path: our imports need the repository root
+    print("error: run it from the repository root as a module: "
+          "python -m datasets.prepare.norb_download", file=sys.stderr)
+    sys.exit(2)  # the user-error status of every command (utils.USER_ERROR)
 
 from datasets.norb import NORB_URL, SPLIT_FILE_PREFIX, norb_dir, norb_file_names
 from utils import DRNetError, report_errors
