@@ -57,7 +57,7 @@ if __name__ == "__main__" and not __package__:  # run by path: our imports need 
 
 from datasets import ClipDataset
 from datasets.frames import last_line
-from evaluation.metrics import mse, ssim, ssim_openstl
+from evaluation.metrics import FRAME_METRICS, mse, ssim, ssim_openstl
 from models import DRNetPredictor
 from utils import USER_ERROR, DRNetError, resolve_device, str2bool
 
@@ -338,7 +338,7 @@ def run_benchmark(checkpoint: Path, protocol: str | None, data_root: str | None,
                   out: Path | None, device: torch.device, save_arrays: bool) -> tuple[dict, Path]:
     """Score one protocol of a pose-LSTM checkpoint, write metrics.json (and the arrays) into the output folder."""
     from engine.checkpoints import load_checkpoint, model_from_checkpoint
-    from evaluation.evaluate import FRAME_METRICS, seeded  # the evaluation's PSNR cap and its KTH clip stream
+    from evaluation.evaluate import seeded  # the evaluation's KTH clip stream
 
     stored = load_checkpoint(checkpoint, map_location=device)
     if stored.get("kind") != "lstm":

@@ -10,7 +10,7 @@ same checkpoint and seed give the same numbers, bit for bit on the CPU.
 metrics.json holds the run's provenance (checkpoint, kind, iteration, dataset, seed, max_step,
 eval_clips, eval_steps, prediction_clips: the clips rolled out, at most PREDICTION_CLIPS), a `skipped` map
 (part -> why it did not run) and one section per part:
-- swap (Moving MNIST; see transfer.py): swap_mse is the error of D(E_c(A_0), E_p(B_t)) against A's digits
+- swap (Moving MNIST): swap_mse is the error of D(E_c(A_0), E_p(B_t)) against A's digits
   drawn on B's trajectory at t; swap_mse_other_content the same with the content of a third clip C,
   swap_mse_mean_content with the mean content, swap_mse_pose_frame the trivial answer B_t (right places,
   wrong digits). content_transfer = 1 - swap_mse / swap_mse_other_content: 0 when the decoder ignores its
@@ -28,8 +28,8 @@ eval_clips, eval_steps, prediction_clips: the clips rolled out, at most PREDICTI
   all). On Moving MNIST, position_only_discriminator_accuracy is a fresh one trained and tested the same way
   on the digits' true positions in the same frames: what a pose holding the positions and nothing else
   scores, since two nearby frames of one clip have nearby positions. That, not 0.5, is the reference.
-- probes: see probes.py.
-- identity (Moving MNIST; see identity.py): a digit classifier trained on the training digits only (cached under
+- probes: linear probes of the frozen vectors (accuracy beside chance).
+- identity (Moving MNIST): a digit classifier trained on the training digits only (cached under
   the data root) reads each digit of a frame. swap gains swap_identity (the model's swaps read as A's digits),
   swap_identity_other_content (the renderings with C's content read as A's digits: the same share for a decoder
   that ignores its content), swap_identity_pose_donor (the model's swaps read as B's digits) and
@@ -41,7 +41,7 @@ eval_clips, eval_steps, prediction_clips: the clips rolled out, at most PREDICTI
   frame, as predict does): the error left if the LSTM predicted every pose exactly; copy_last_* the last
   observed frame repeated.
 - benchmark (pose LSTM): the field's tables (Moving MNIST 10 -> 10 on the standard file, KTH 10 -> 20 and 10 -> 40)
-  in their units, with a `skipped` map of its own; see benchmark.py.
+  in their units, with a `skipped` map of its own.
 On Moving MNIST every frame error is taken over the digit channels only (transfer.digit_channels): with two
 digits the third colour channel is always empty and would dilute every error.
 """
@@ -51,13 +51,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -67,10 +65,11 @@ from datasets.moving_mnist import DIGIT_SIZE, MovingMNIST
 from datasets.registry import build_dataset
 from engine.checkpoints import load_checkpoint, model_from_checkpoint
 from engine.pictures import save_image_grid
-from evaluation.benchmark import benchmark_results, table_rows
+from evaluation.benchmark import benchmark_results
 from evaluation.identity import DigitClassifier, check_readable, digit_classifier, identity_curve, swap_identity
-from evaluation.metrics import mse, per_step, psnr, ssim
+from evaluation.metrics import FRAME_METRICS, Metric, mse, per_step
 from evaluation.probes import NothingToProbe, content_vectors, in_batches, pose_vectors, probe_results
+from evaluation.report import ANSWERS, IDENTITY_CURVES, format_table, plot_prediction_curves
 from evaluation.transfer import digit_channels, invariance_ratio, swap_renderings, swap_set, transfer_errors
 from models import DRNet, DRNetPredictor, SceneDiscriminator, discriminator_pairs
 from utils import DRNetError
@@ -83,16 +82,9 @@ PREDICTION_CLIPS = 100  # clips rolled out by the LSTM: each decodes eval_steps 
 PREDICTION_BATCH = 10  # clips per LSTM roll-out (each holds n_past + eval_steps frames)
 # The fresh scene discriminators' training: enough steps for a small MLP to converge on 1000 clips.
 FRESH_STEPS, FRESH_BATCH, FRESH_LR = 1500, 100, 1e-3
-PSNR_EPS = 1e-10  # caps PSNR at 100 dB so an exact frame cannot make a mean infinite
 SWAP_EXAMPLES = 8
 DATA_OVERRIDES = ("data_root", "seed", "max_step")  # what evaluation may change in the stored config
 STREAMS = ("test_frames", "train_frames", "swap", "pairs", "train_pairs", "probes", "prediction", "fresh")
-Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # per-image metric: (..., C, H, W) pairs -> (...)
-FRAME_METRICS: dict[str, Metric] = {"mse": mse, "psnr": partial(psnr, eps=PSNR_EPS), "ssim": ssim}
-ANSWERS = {"": "pose LSTM", "true_pose_": "decoder on true poses", "copy_last_": "copy last frame"}
-IDENTITY_CURVES = {"identity": "pose LSTM", "true_pose_identity": "decoder on true poses",
-                   "ground_truth_identity": "true frames"}
-IDENTITY_STEPS = (1, 10, 50, 100)  # the identity rows of the summary (with the last step)
 
 
 def stream_seed(seed: int, stream: str) -> int:
@@ -288,107 +280,6 @@ def prediction_metrics(model: DRNetPredictor, dataset: ClipDataset, n_clips: int
             for key, frames in zip(IDENTITY_CURVES, (answers[""], answers["true_pose_"], future), strict=True):
                 totals[key] += identity_curve(classifier, frames, labels).double() * size
     return {name: (total / n_clips).tolist() for name, total in totals.items()}
-
-
-def plot_prediction_curves(prediction: dict[str, list[float]], path: Path) -> None:
-    """Save MSE, PSNR and SSIM per future step: the LSTM, the decoder on true poses, copying the last frame;
-    and the digits' identity when measured."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = len(FRAME_METRICS) + ("identity" in prediction)
-    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.4))
-    steps = np.arange(1, len(prediction["mse"]) + 1)
-    if "identity" in prediction:
-        for (key, label), style in zip(IDENTITY_CURVES.items(), ("-", ":", "--"), strict=True):
-            axes[-1].plot(steps, prediction[key], label=label, linestyle=style)
-        axes[-1].set(title="frames read as the clip's digits", xlabel="future step", ylim=(0, 1.02))
-        axes[-1].legend(fontsize=7)
-    for ax, name in zip(axes, FRAME_METRICS, strict=False):
-        for (prefix, label), style in zip(ANSWERS.items(), ("-", ":", "--"), strict=True):
-            ax.plot(steps, prediction[prefix + name], label=label, linestyle=style)
-        ax.set_title(name.upper())
-        ax.set_xlabel("future step")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def format_table(results: dict) -> str:
-    """The metrics as a readable text table: value, and the reference it should be compared with."""
-    rows = []
-
-    def add(part: str, what: str, value: float, reference: str = "") -> None:
-        rows.append(f"{part:<15}{what:<38}{value:>10.4f}  {reference}")
-
-    if "swap" in results:  # first: the one number that tells whether the decoder uses the content
-        swap = results["swap"]
-        add("swap", "content transfer", swap["content_transfer"],
-            "1 - MSE / MSE with other clip's content; 0: content unused")
-        add("swap", "MSE to true swap, A's content", swap["swap_mse"],
-            f"other clip's content: {swap['swap_mse_other_content']:.4f}, mean content: "
-            f"{swap['swap_mse_mean_content']:.4f}, B's frame: {swap['swap_mse_pose_frame']:.4f}")
-        if "swap_identity" in swap:
-            add("swap", "read as A's digits (identity)", swap["swap_identity"],
-                f"other clip's content: {swap['swap_identity_other_content']:.4f}, as B's digits: "
-                f"{swap['swap_identity_pose_donor']:.4f}, true swap: {swap['swap_identity_truth']:.4f}")
-    if "identity_classifier" in results:
-        add("identity", "classifier accuracy, test digits", results["identity_classifier"]["test_accuracy"],
-            f"trained on {results['identity_classifier']['trained_on']} only")
-    content = results["content"]
-    add("content", "invariance ratio", content["invariance_ratio"], "within-clip share; 0 ideal, 1 none")
-    add("content", "spread (std across clips)", content["spread"], "not scale-free: shrinks with the scale")
-    if "bn_scale" in content:
-        add("content", "head BatchNorm mean |gamma|", content["bn_scale"], "initialised at 1")
-    rec = results["reconstruction"]
-    add("reconstruction", "MSE", rec["mse"], f"copy x_t: {rec['copy_content_frame_mse']:.4f}")
-    add("reconstruction", "PSNR (dB)", rec["psnr"])
-    add("reconstruction", "SSIM", rec["ssim"])
-    leakage = results["leakage"]
-
-    def versus_positions(key: str) -> str:
-        position_only = leakage.get(f"position_only_discriminator_{key}")
-        return "chance 0.5" if position_only is None else f"positions only: {position_only:.4f}, chance 0.5"
-
-    add("leakage", "trained discriminator accuracy", leakage["trained_discriminator_accuracy"],
-        versus_positions("accuracy"))
-    add("leakage", "fresh discriminator accuracy", leakage["fresh_discriminator_accuracy"],
-        versus_positions("accuracy"))
-    add("leakage", "fresh discriminator train accuracy", leakage["fresh_discriminator_train_accuracy"],
-        versus_positions("train_accuracy"))
-    for name, value in results.get("probes", {}).items():
-        if not name.endswith("_chance"):
-            label = name.rsplit("_from_", 1)[0]
-            chance = results["probes"].get(f"{label}_chance")
-            add("probes", name.replace("_", " "), value, f"chance {chance:.4f}" if chance is not None else "")
-    prediction = results.get("prediction", {})
-    n_steps = len(prediction.get("mse", []))
-    for step in sorted({1, 10, n_steps} & set(range(1, n_steps + 1))):
-        for name in FRAME_METRICS:
-            add("prediction", f"{name.upper()} at step {step}", prediction[name][step - 1],
-                f"true poses: {prediction['true_pose_' + name][step - 1]:.4f}, "
-                f"copy last: {prediction['copy_last_' + name][step - 1]:.4f}")
-    if "identity" in prediction:
-        for step in sorted({*IDENTITY_STEPS, n_steps} & set(range(1, n_steps + 1))):
-            add("prediction", f"identity at step {step}", prediction["identity"][step - 1],
-                f"true poses: {prediction['true_pose_identity'][step - 1]:.4f}, "
-                f"true frames: {prediction['ground_truth_identity'][step - 1]:.4f}")
-    benchmark = results.get("benchmark", {})
-    for what, value, reference in table_rows(benchmark):
-        add("benchmark", what, value, reference)
-    stage = {"drnet": "DRNET", "lstm": "pose-LSTM"}[results["kind"]]
-    head = (f"DRNET evaluation of {results['checkpoint']} ({stage} stage, iteration {results['iteration']}; "
-            f"{results['dataset']}, seed {results['seed']}; clips per part: " + ", ".join(
-                [f"{part} {results['eval_clips']}" for part in ("swap", "content", "reconstruction", "leakage",
-                                                                "probes") if part in results]
-                + [f"prediction {results['prediction_clips']}"] * ("prediction" in results)
-                + [f"{part} {scores['clips']}" for part, scores in benchmark.items() if part != "skipped"]) + ")")
-    skipped = [f"skipped {part}: {why}" for part, why in results["skipped"].items()]
-    skipped += [f"skipped benchmark {part}: {why}" for part, why in benchmark.get("skipped", {}).items()]
-    return "\n".join([head, f"{'part':<15}{'metric':<38}{'value':>10}  reference", *rows, *skipped])
 
 
 def evaluate(checkpoint: str | Path, overrides: dict, device: torch.device, stored: dict | None = None,

@@ -21,6 +21,7 @@ times larger than for frames in [0, 1], so on the same frames it reads higher th
 """
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -152,3 +153,9 @@ def per_step(
     if pred.dim() != 5:
         raise ValueError(f"expected sequences shaped (B, T, C, H, W), got shape {tuple(pred.shape)}")
     return metric_fn(pred, target).mean(dim=0)
+
+
+# The evaluation's frame metrics, by the names its reports use.
+PSNR_EPS = 1e-10  # caps PSNR at 100 dB so an exact frame cannot make a mean infinite
+Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # per-image metric: (..., C, H, W) pairs -> (...)
+FRAME_METRICS: dict[str, Metric] = {"mse": mse, "psnr": partial(psnr, eps=PSNR_EPS), "ssim": ssim}
