@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from kth_fakes import write_fake_raw
+from fakes.kth import write_fake_raw
 from PIL import Image, ImageSequence
 from test_norb import write_split
 from test_suncg import ELEVATIONS, OBJECTS, VIEWS, write_tree

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from kth_fakes import write_fake_avi
+from fakes.kth import write_fake_avi
 from PIL import Image
 
 import train_drnet

@@ -33,7 +33,7 @@ def test_torch_hub_without_a_checkpoint_is_one_line():
 
 
 def test_the_demo_lists_the_files_it_wrote(tmp_path, capsys, monkeypatch):
-    from test_benchmark_cmd import write_checkpoint
+    from test_benchmark import write_checkpoint
 
     checkpoint = write_checkpoint(tmp_path / "lstm.pt", tmp_path / "data")
     monkeypatch.setattr(demo, "SWAP_CLIPS", 8)

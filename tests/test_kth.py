@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from kth_fakes import FAKE_VIDEOS, write_fake_raw
+from fakes.kth import FAKE_VIDEOS, write_fake_raw
 from PIL import Image
 
 from datasets.kth import KTHClips, missing_data_error

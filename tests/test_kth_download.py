@@ -8,7 +8,7 @@ from pathlib import Path
 from urllib.error import HTTPError, URLError
 
 import pytest
-from kth_fakes import SEQUENCES
+from fakes.kth import SEQUENCES
 
 from datasets.prepare import kth_download
 from utils import USER_ERROR, DRNetError

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_hardening import Collect, digest, fails_with_one_line, flags
+from test_config import Collect, digest, fails_with_one_line, flags
 
 import demo
 import hubconf
@@ -36,7 +36,7 @@ from engine.checkpoints import export_weights, load_checkpoint, tensor_checksum,
 from engine.config import check_clip_lengths
 from utils import DRNetError, read_metrics
 
-pytest_plugins = ["test_hardening"]  # its fixtures: data_root, trained (a tiny run at iteration 1) and run_dir (a copy)
+pytest_plugins = ["test_config"]  # its fixtures: data_root, trained (a tiny run at iteration 1) and run_dir (a copy)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = REPO_ROOT / "saved_results" / "drnet_mnist_fp16.pt"
 # What a child process sets up before it runs main.main(sys.argv[1:]) with one patch: the conftest's few swaps.
