@@ -56,7 +56,8 @@ def plot_curves(panels: dict[str, list[tuple[Path, str]]], path: Path, smooth: i
             ax.set_yscale("log")  # losses fall by orders of magnitude: a linear axis hides the later progress
         ax.set_title(title)
         ax.set_xlabel("iteration")
-        ax.legend(fontsize=7)
+        if ax.lines:  # a panel whose CSV has no rows yet (a run resumed at its end) stays empty, without a legend
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
