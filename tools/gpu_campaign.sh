@@ -148,7 +148,7 @@ final=$runs/$best/lstm/checkpoint.pt
 stopped "$(budget "$final_s" 15)" python main.py --evaluate ${device%% --cuda_graph*} --checkpoint "$final" \
     --eval_clips "$final_clips" > "$out/eval_$best.txt" 2> "$runs/$best.final_eval.log"
 export_half() {
-    python -c "import sys; from runs import export_weights, load_checkpoint; \
+    python -c "import sys; from engine.checkpoints import export_weights, load_checkpoint; \
 export_weights(load_checkpoint(sys.argv[1]), sys.argv[2])" "$1" "$2" && split -b 15M "$2" "$out/$(basename "$2").part"
 }
 export_half "$final" "$runs/best_$best.half.pt"

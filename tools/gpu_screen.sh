@@ -47,7 +47,7 @@ timeout -s INT -k 60 "$lstm_s" python main.py --use_lstm True --save_dir "$runs/
 grep -h "test frame mse\|trained\|Error" "$runs/$best.lstm.log" | tail -2
 stamp "exports: $best with its LSTM, $second without, in parts under 16 MB"
 export_half() {
-    python -c "import sys; from runs import export_weights, load_checkpoint; \
+    python -c "import sys; from engine.checkpoints import export_weights, load_checkpoint; \
 export_weights(load_checkpoint(sys.argv[1]), sys.argv[2])" "$1" "$2" && split -b 15M "$2" "$out/$(basename "$2").part"
 }
 export_half "$runs/$best/lstm/checkpoint.pt" "$runs/$best.lstm.half.pt"
