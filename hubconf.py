@@ -42,11 +42,9 @@ def own_modules() -> Iterator[None]:
     users = {name: sys.modules.pop(name) for name, module in list(sys.modules.items())
              if has_our_name(name) and not from_here(module)}
     before = set(sys.modules)
-    sys.path.insert(0, str(REPO))
     try:
-        yield
+        yield  # torch.hub has put this repository first on the module path for the call
     finally:
-        sys.path.remove(str(REPO))
         for name in [name for name in sys.modules if has_our_name(name) and name not in before]:
             del sys.modules[name]
         sys.modules.update(users)
