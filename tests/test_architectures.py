@@ -1,4 +1,5 @@
-"""VGG16 and ResNet-18 networks: shapes, ranges, depth, init, gradients, and the combinations datasets name."""
+"""models.py, the VGG16 and ResNet-18 networks: shapes, ranges, depth, init, gradients, and the combinations
+datasets name."""
 
 import pytest
 import torch

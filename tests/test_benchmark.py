@@ -1,52 +1,155 @@
-"""Issue 25: `python -m evaluation.benchmark`, the benchmark alone: one row in the field's layout, the scored
-arrays saved so that another tool rescores them to the printed numbers, and one line for a model that does
-not fit the file.
+"""evaluation/benchmark.py: the field's protocols on a stand-in for the standard Moving MNIST file (summed
+errors, the copy-last baseline, one-line skips, LPIPS when it loads), the benchmark's part of an evaluation, and
+`python -m evaluation.benchmark`: one row in the field's layout, the scored arrays saved so that another tool
+rescores them to the printed numbers, and one line for a model that does not fit the file.
 
-The checkpoints are untrained pose-LSTM checkpoints built here (scores need no training to be checked), and the
-standard Moving MNIST file is a small random stand-in where torchvision keeps it.
+The commands run on untrained pose-LSTM checkpoints built here (scores need no training to be checked), the
+evaluation on conftest's grey Moving MNIST run; those tests are marked e2e.
 """
 
 import json
+import re
 import sys
-from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from fakes.mnist import write_standard_file
+from fakes.predictors import BlankPredictor
+from fakes.runs import write_checkpoint
 from skimage.metrics import structural_similarity
 
-from datasets.registry import DATASETS
-from engine.checkpoints import drnet_checkpoint, load_model, lstm_checkpoint
-from engine.config import DEFAULTS, LSTM_DEFAULTS
-from evaluation import benchmark
-from models import DRNetPredictor
-from utils import save_checkpoint
+import main
+from engine.checkpoints import load_model
+from evaluation import benchmark, evaluate
+from evaluation.benchmark import PROTOCOLS, absolute_error_sum, benchmark_results, squared_error_sum
+from evaluation.metrics import FRAME_METRICS, mse
+from utils import DRNetError
+
+CPU = torch.device("cpu")
+GREY_MNIST = {"dataset": "mnist", "channels": 1, "image_width": 64}
 
 
-def write_standard_file(data_root: Path, clips: int) -> np.ndarray:
-    """A random stand-in for mnist_test_seq.npy: uint8 (20, clips, 64, 64) in DATA_ROOT/MovingMNIST/."""
-    data = np.random.default_rng(1).integers(0, 256, (20, clips, 64, 64), dtype=np.uint8)
-    (data_root / "MovingMNIST").mkdir(parents=True)
-    np.save(data_root / "MovingMNIST" / "mnist_test_seq.npy", data)
-    return data
+def test_summed_errors_are_the_per_pixel_means_times_the_pixels():
+    pred, target = torch.rand(2, 3, 1, 16, 16, generator=torch.Generator().manual_seed(0)), torch.zeros(2, 3, 1, 16, 16)
+    torch.testing.assert_close(squared_error_sum(pred, target), mse(pred, target) * 256)
+    torch.testing.assert_close(absolute_error_sum(pred, target), pred.sum(dim=(-3, -2, -1)))
 
 
-def write_checkpoint(path: Path, data_root: Path, kind: str = "lstm", **changes) -> Path:
-    """An untrained Moving MNIST checkpoint (grey, two digits unless `changes` say otherwise) at `path`."""
-    entry = {k: v for k, v in DATASETS["mnist"].items() if k != "loader"}
-    config = {"dataset": "mnist", **DEFAULTS, **entry, **LSTM_DEFAULTS, "channels": 1, "rnn_size": 8,
-              "rnn_layers": 1, "data_root": str(data_root), **changes}
-    torch.manual_seed(0)
-    model = DRNetPredictor(config, config)
-    data_state = torch.Generator().get_state()
-    if kind == "lstm":
-        state = lstm_checkpoint(model, torch.optim.Adam(model.lstm.parameters()), config, 7, data_state)
-    else:
-        state = drnet_checkpoint(model, {}, config, 7, data_state)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(state, path)
-    return path
+def test_moving_mnist_protocol_scores_the_whole_standard_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(benchmark, "BATCH", 2)  # three clips in two batches
+    monkeypatch.setitem(sys.modules, "lpips", None)  # `import lpips` fails as when it is not installed
+    data = write_standard_file(tmp_path, 3).astype(np.float64) / 255  # (20, 3, 64, 64)
+    results = benchmark_results(BlankPredictor(), {**GREY_MNIST, "data_root": str(tmp_path)}, None, 5,
+                                torch.Generator(), FRAME_METRICS, CPU)
+    scores = results["moving_mnist_10_to_10"]
+    assert (scores["clips"], scores["observed"], scores["predicted"]) == (3, 10, 10)
+    future, last = data[10:], data[9]
+    assert scores["mse_per_frame"] == pytest.approx((future ** 2).sum(axis=(2, 3)).mean())
+    assert scores["mae_per_frame"] == pytest.approx(future.sum(axis=(2, 3)).mean())
+    assert scores["copy_last_mse_per_frame"] == pytest.approx(((future - last) ** 2).sum(axis=(2, 3)).mean())
+    assert {"psnr", "ssim", "copy_last_psnr", "copy_last_ssim"} <= set(scores) and "lpips" not in scores
+    assert results["skipped"] == {"kth_10_to_20": "the model was trained on mnist, not kth",
+                                  "kth_10_to_40": "the model was trained on mnist, not kth",
+                                  "lpips": "the lpips package is not installed (pip install lpips)"}
+    rows = benchmark.table_rows(results)
+    assert rows[0] == ("moving_mnist_10_to_10 mse_per_frame", scores["mse_per_frame"],
+                       f"copy last: {scores['copy_last_mse_per_frame']:.4f}")
 
+
+@pytest.mark.parametrize("case", ["colour", "no file", "wrong file", "suncg"])
+def test_protocols_that_cannot_run_are_skipped_with_one_line(tmp_path, case):
+    config = {**GREY_MNIST, "data_root": str(tmp_path)}
+    if case == "colour":
+        config["channels"] = 3
+    elif case == "wrong file":
+        write_standard_file(tmp_path, 0, shape=(10, 2, 64, 64))
+    elif case == "suncg":
+        config["dataset"] = "suncg"
+    results = benchmark_results(BlankPredictor(), config, None, 2, torch.Generator(), FRAME_METRICS, CPU)
+    assert set(results) == {"skipped"} and set(results["skipped"]) == set(PROTOCOLS)
+    why = results["skipped"]["moving_mnist_10_to_10"]
+    expected = {"colour": "grey at 64 px; this model has 3 channel\\(s\\) .*--channels 1",
+                "no file": "mnist_test_seq.npy not found under .*download=True",
+                "wrong file": "is not the Moving MNIST test file: uint8 \\(10, 2, 64, 64\\)",
+                "suncg": "trained on suncg, not mnist"}[case]
+    assert re.search(expected, why) and "\n" not in why
+
+
+def test_kth_protocols_draw_from_the_test_loader_and_skip_what_it_cannot_give(monkeypatch):
+    lengths = []
+
+    def sequence_batch(batch_size: int, length: int, generator: torch.Generator) -> torch.Tensor:
+        if length > 30:
+            raise DRNetError(f"no KTH test segment has {length} frames; use shorter sequences")
+        lengths.append(length)
+        return torch.rand(batch_size, length, 1, 64, 64, generator=generator)
+
+    monkeypatch.setitem(sys.modules, "lpips", None)
+    config = {"dataset": "kth", "channels": 1, "image_width": 64, "data_root": "unused"}
+    results = benchmark_results(BlankPredictor(), config, SimpleNamespace(sequence_batch=sequence_batch), 3,
+                                torch.Generator().manual_seed(0), FRAME_METRICS, CPU)
+    assert lengths == [30] and results["kth_10_to_20"]["clips"] == 3
+    assert results["skipped"]["kth_10_to_40"] == "no KTH test segment has 50 frames; use shorter sequences"
+    assert results["skipped"]["moving_mnist_10_to_10"] == "the model was trained on kth, not mnist"
+
+
+class FakeLPIPS(torch.nn.Module):
+    """Stands in for lpips.LPIPS: the mean absolute difference, on the three channels in [-1, 1] it is given."""
+
+    def __init__(self, net: str, verbose: bool):
+        super().__init__()
+        assert net == "alex" and not verbose
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, normalize: bool) -> torch.Tensor:
+        assert a.shape[1] == 3 and normalize
+        return (a - b).abs().mean(dim=(1, 2, 3), keepdim=True)
+
+
+def test_lpips_is_scored_when_it_loads_and_skipped_in_one_line_when_its_weights_do_not(tmp_path, monkeypatch):
+    write_standard_file(tmp_path, 2)
+    config = {**GREY_MNIST, "data_root": str(tmp_path)}
+    monkeypatch.setitem(sys.modules, "lpips", SimpleNamespace(LPIPS=FakeLPIPS))
+    results = benchmark_results(BlankPredictor(), config, None, 2, torch.Generator(), FRAME_METRICS, CPU)
+    scores = results["moving_mnist_10_to_10"]
+    assert scores["lpips"] == pytest.approx(scores["mae_per_frame"] / 4096) and "lpips" not in results["skipped"]
+
+    def no_weights(net: str, verbose: bool) -> None:
+        raise RuntimeError("Downloading: alexnet-owt-7be5be79.pth\n<urlopen error [Errno -3] name resolution>")
+
+    monkeypatch.setitem(sys.modules, "lpips", SimpleNamespace(LPIPS=no_weights))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # the weights' place follows torch's cache
+    results = benchmark_results(BlankPredictor(), config, None, 2, torch.Generator(), FRAME_METRICS, CPU)
+    weights = tmp_path / "torch" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    assert results["skipped"]["lpips"] == (
+        "LPIPS weights did not load (RuntimeError: <urlopen error [Errno -3] name resolution>); offline, copy "
+        f"{weights} from a machine where `python -c \"import lpips; lpips.LPIPS(net='alex')\"` has run (its own "
+        "linear layers come with the lpips package)")
+    assert "lpips" not in results["moving_mnist_10_to_10"]
+
+
+@pytest.mark.e2e
+def test_evaluation_of_a_grey_lstm_reports_the_benchmark(grey_run, monkeypatch, capsys):
+    # The fresh scene discriminators train for 1500 steps and are not what this test is about.
+    monkeypatch.setattr(evaluate, "fresh_discriminator_scores", lambda name, *args: {
+        f"{name}_discriminator_accuracy": 0.5, f"{name}_discriminator_train_accuracy": 0.5})
+    monkeypatch.setitem(sys.modules, "lpips", None)
+    capsys.readouterr()
+    main.main(["--evaluate", "--checkpoint", str(grey_run / "lstm" / "checkpoint.pt"), "--eval_clips", "6",
+               "--eval_steps", "2", "--device", "cpu"])
+    out = capsys.readouterr().out
+    results = json.loads((grey_run / "lstm" / "eval" / "metrics.json").read_text())
+    scores = results["benchmark"]["moving_mnist_10_to_10"]
+    assert scores["clips"] == 3 and scores["source"].endswith("MovingMNIST/mnist_test_seq.npy")
+    assert scores["mse_per_frame"] > 0 and 0 < scores["ssim"] <= 1
+    row = f"{'benchmark':<15}{'moving_mnist_10_to_10 mse_per_frame':<38}{scores['mse_per_frame']:>10.4f}  copy last:"
+    assert row in out
+    assert "skipped benchmark kth_10_to_20: the model was trained on mnist, not kth" in out
+    assert "skipped benchmark lpips: the lpips package is not installed" in out
+
+
+# `python -m evaluation.benchmark`
 
 @pytest.fixture
 def no_lpips(monkeypatch):
@@ -61,6 +164,7 @@ def row_cells(out: str) -> dict[str, str]:
     return dict(zip(header, row, strict=True))
 
 
+@pytest.mark.e2e
 def test_the_row_and_the_saved_arrays_rescore_to_the_same_numbers(tmp_path, capsys, no_lpips):
     data = write_standard_file(tmp_path / "data", 3)
     checkpoint = write_checkpoint(tmp_path / "run" / "lstm" / "checkpoint.pt", tmp_path / "data")
@@ -104,6 +208,7 @@ def test_the_row_and_the_saved_arrays_rescore_to_the_same_numbers(tmp_path, caps
     assert f"wrote {tmp_path / 'out' / 'inputs.npy'}" in out
 
 
+@pytest.mark.e2e
 def test_clips_scores_the_first_clips_and_the_default_output_is_beside_the_checkpoint(tmp_path, capsys, no_lpips):
     write_standard_file(tmp_path / "data", 3)
     checkpoint = write_checkpoint(tmp_path / "run" / "lstm" / "checkpoint.pt", tmp_path / "data")
@@ -114,6 +219,7 @@ def test_clips_scores_the_first_clips_and_the_default_output_is_beside_the_check
     assert not (folder / "preds.npy").exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case, expected", [
     ("one digit", "the standard file shows 2 digits per clip; this model was trained on 1 "
                   "(train one with --num_digits 2)"),
@@ -122,15 +228,13 @@ def test_clips_scores_the_first_clips_and_the_default_output_is_beside_the_check
     ("no file", "mnist_test_seq.npy not found under"),
     ("kth asked", "kth_10_to_20 does not fit this model: the model was trained on mnist, not kth"),
 ])
-def test_a_model_that_does_not_fit_is_one_line(tmp_path, capsys, case, expected):
+def test_a_model_that_does_not_fit_is_one_line(tmp_path, fails_with_one_line, case, expected):
     if case != "no file":
         write_standard_file(tmp_path / "data", 2)
     changes = {"one digit": {"num_digits": 1}, "colour": {"channels": 3}}.get(case, {})
     checkpoint = write_checkpoint(tmp_path / "c.pt", tmp_path / "data", "drnet" if case == "drnet" else "lstm",
                                   **changes)
     extra = ["--protocol", "kth_10_to_20"] if case == "kth asked" else []
-    with pytest.raises(SystemExit) as stop:
-        benchmark.main(["--checkpoint", str(checkpoint), "--device", "cpu", *extra])
-    err = capsys.readouterr().err
-    assert stop.value.code == 2 and err.count("\n") == 1
-    assert expected in err and not (tmp_path / "benchmark").exists()
+    fails_with_one_line(["--checkpoint", str(checkpoint), "--device", "cpu", *extra], expected,
+                        command=benchmark.main, alone=True)
+    assert not (tmp_path / "benchmark").exists()

@@ -1,12 +1,17 @@
-"""--tensorboard: event files mirror the CSV metrics and pictures, roll-out GIFs become videos; one error without it."""
+"""engine/board.py, --tensorboard: event files mirror the CSV metrics and pictures, roll-out GIFs become videos;
+one error without the package, and one line where the event files cannot be written."""
+
+import time
 
 import numpy as np
 import pytest
+from fakes.runs import tiny_flags
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import main
 from engine.board import Board
+from utils import DRNetError
 
 
 def events(run_dir):
@@ -15,6 +20,7 @@ def events(run_dir):
     return accumulator
 
 
+@pytest.mark.e2e
 def test_a_run_with_tensorboard_writes_its_metrics_and_pictures(tmp_path, tiny_args):
     main.main(tiny_args("--tensorboard", "True"))
     written = events(tmp_path / "run")
@@ -26,6 +32,7 @@ def test_a_run_with_tensorboard_writes_its_metrics_and_pictures(tmp_path, tiny_a
     assert [e.step for e in written.Images("analogy")] == [1, 2]
 
 
+@pytest.mark.e2e
 def test_without_the_flag_no_event_files(tmp_path, tiny_args):
     main.main(tiny_args("--max_iter", "1"))
     assert not (tmp_path / "run" / "tensorboard").exists()
@@ -43,9 +50,27 @@ def test_a_rollout_gif_becomes_a_video_summary(tmp_path):
     assert image.encoded_image_string == gif.read_bytes()  # the animated GIF itself, as add_video stores it
 
 
-def test_missing_tensorboard_is_one_error_before_anything_is_written(tmp_path, tiny_args, monkeypatch, capsys):
+@pytest.mark.e2e
+def test_missing_tensorboard_is_one_error_before_anything_is_written(tmp_path, tiny_args, monkeypatch,
+                                                                     fails_with_one_line):
     monkeypatch.setattr(main, "tensorboard_missing", lambda: "--tensorboard needs the tensorboard package")
-    with pytest.raises(SystemExit) as exit_info:
-        main.main(tiny_args("--tensorboard", "True"))
-    assert exit_info.value.code == 2 and "needs the tensorboard package" in capsys.readouterr().err
+    fails_with_one_line(tiny_args("--tensorboard", "True"), "needs the tensorboard package")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.e2e
+def test_a_tensorboard_folder_that_is_a_file_is_one_line(run_dir, mnist_root, fails_with_one_line):
+    (run_dir / "tensorboard").write_text("a file where the event files would go")
+    argv = tiny_flags(run_dir, mnist_root, "--resume", "True", "--max_iter", "2", "--tensorboard", "True")
+    fails_with_one_line(argv,
+                        f"cannot write --tensorboard True event files in {run_dir / 'tensorboard'}: it is a file, "
+                        "not a folder")
+
+
+def test_a_read_only_tensorboard_folder_is_one_error_and_no_thread_traceback(tmp_path, capfd, make_read_only):
+    (tmp_path / "tensorboard").mkdir()
+    make_read_only(tmp_path / "tensorboard")
+    with pytest.raises(DRNetError, match=f"cannot write --tensorboard True event files in {tmp_path}/tensorboard: "):
+        Board(tmp_path)  # before: an OSError here, and a traceback from the event writer's thread
+    time.sleep(0.5)
+    assert "Traceback" not in capfd.readouterr().err

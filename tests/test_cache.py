@@ -1,4 +1,4 @@
-"""The bounded least-recently-used frame cache of the file-based datasets."""
+"""datasets/cache.py: the bounded least-recently-used frame cache of the file-based datasets."""
 
 from datasets.cache import FrameCache
 

@@ -1,122 +1,39 @@
-"""Hostile cases, round 3 (issue 26): the lock race, silent corruption, full disks, kills between a checkpoint
-and its report, the last tracebacks, and late or vague refusals.
+"""engine/checkpoints.py: what a checkpoint holds and how it is written and read. Checksums find a flipped bit
+and non-finite weights on every path that loads a model; a full disk is one line for every writer and keeps the
+previous file; non-finite weights are never saved; a resumed run removes stale temporary files, restores a
+missing periodic copy and writes the report a killed run did not; load_model rebuilds the networks.
 
-Each case is reproduced as a user meets it: a real second process for the race, byte-level corruption of a
-saved file, a small tmpfs for the full disk (a writer that fails the same way where mounting is not allowed),
-real SIGKILL and SIGINT signals in a child process, and read-only bind mounts (read-only permissions without
-root). The tiny DRNET run is test_hardening.py's (its checkpoint of iteration 1 and an empty test report).
+Most tests read or copy `saved_run` (conftest: a tiny DRNET run at iteration 1, saved without training); the
+full disk is a small tmpfs where one can be mounted, else a writer that fails the same way; the kills are real
+SIGKILLs in a child process (fakes.runs.start_child).
 """
 
+import argparse
 import errno
-import logging
 import math
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from test_config import Collect, digest, fails_with_one_line, flags
+from fakes.runs import digest, poison_weights_from, report_rows, start_child, tiny_flags
 
 import demo
 import hubconf
 import main
 import utils
-from datasets.frames import FrameClips
 from engine import checkpoints
-from engine.board import Board, tensorboard_missing
-from engine.checkpoints import export_weights, load_checkpoint, tensor_checksum, with_checksums
-from engine.config import check_clip_lengths
-from utils import DRNetError, read_metrics
+from engine.checkpoints import export_weights, load_checkpoint, load_model, tensor_checksum, with_checksums
+from utils import DRNetError
 
-pytest_plugins = ["test_config"]  # its fixtures: data_root, trained (a tiny run at iteration 1) and run_dir (a copy)
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = REPO_ROOT / "saved_results" / "drnet_mnist_fp16.pt"
-# What a child process sets up before it runs main.main(sys.argv[1:]) with one patch: the conftest's few swaps.
-PRELUDE = """
-import os, signal, sys, time
-from pathlib import Path
-import torch
-torch.set_num_threads(1)
-import main
-import train_drnet
-from engine import checkpoints
-train_drnet.SWAP_CLIPS = 16
-"""
+SHIPPED = Path(__file__).resolve().parent.parent / "saved_results" / "drnet_mnist_fp16.pt"
 
 
-def start_child(patch: str, argv: list[str], **env: str) -> subprocess.Popen:
-    """A child process running main.main(argv) after the PRELUDE and `patch`."""
-    return subprocess.Popen([sys.executable, "-c", PRELUDE + patch + "\nmain.main(sys.argv[1:])\n", *argv],
-                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", **env})
-
-
-def report_rows(run_dir: Path) -> list[int]:
-    """The iterations of a run's periodic test reports."""
-    return [row["iteration"] for row in read_metrics(run_dir / "test_metrics.csv")]
-
-
-def one_error_line(err: str) -> str:
-    """The one error line of a command's stderr, which holds no traceback."""
-    assert "Traceback" not in err, err
-    errors = [line for line in err.replace("\r", "\n").splitlines() if "error:" in line]
-    assert len(errors) == 1, err
-    return errors[0]
-
-
-# 1. The lock is taken before anything looks at the run directory.
-
-SLOW_START = """
-real_build = main.build_dataset
-
-def slow_build(config, split):  # a slow start-up, as counting many videos of --dataset frames is
-    Path(os.environ["STARTED"]).touch()
-    while not Path(os.environ["GO_ON"]).exists():
-        time.sleep(0.05)
-    return real_build(config, split)
-
-main.build_dataset = slow_build
-"""
-
-
-def test_a_run_that_starts_slowly_holds_its_directory_against_a_second_run(tmp_path, data_root, capsys):
-    run_dir, started, go_on = tmp_path / "run", tmp_path / "started", tmp_path / "go_on"
-    slow = start_child(SLOW_START, flags(run_dir, data_root, "--amp", "off"), STARTED=str(started),
-                       GO_ON=str(go_on))
-    try:
-        deadline = time.monotonic() + 300
-        while not started.exists():
-            assert slow.poll() is None, slow.communicate()[1]
-            assert time.monotonic() < deadline, "the slow run never reached its data"
-            time.sleep(0.1)
-        # Before the fix this second run found no lock yet, trained, and was then overwritten without a word.
-        fails_with_one_line(capsys, flags(run_dir, data_root), f"{run_dir} is in use by another run (pid {slow.pid},")
-        assert sorted(path.name for path in run_dir.iterdir()) == ["run.lock"]
-        go_on.touch()
-        _, err = slow.communicate(timeout=600)
-    finally:
-        if slow.poll() is None:
-            slow.kill()
-            slow.communicate()
-    assert slow.returncode == 0, err
-    assert load_checkpoint(run_dir / "checkpoint.pt")["iteration"] == 1 and report_rows(run_dir) == [1]
-
-
-def test_a_refused_command_removes_the_run_directory_it_created(tmp_path, data_root, capsys):
-    run_dir = tmp_path / "new" / "run"
-    fails_with_one_line(capsys, ["--use_lstm", "True", *flags(run_dir, data_root)], "no trained DRNET at")
-    assert not (tmp_path / "new").exists()
-
-
-# 2. Corrupted weights are refused on load, by every path that loads them.
+# Checksums and non-finite weights.
 
 def flip_a_bit(path: Path, tensor: torch.Tensor) -> None:
     """Flip one bit in the middle of `tensor`'s bytes inside the saved file at `path`."""
@@ -128,26 +45,26 @@ def flip_a_bit(path: Path, tensor: torch.Tensor) -> None:
     path.write_bytes(bytes(data))
 
 
-def refused_everywhere(path: Path, tmp_path: Path, capsys, expected: str) -> None:
+def refused_everywhere(path: Path, tmp_path: Path, fails_with_one_line, expected: str) -> None:
     """Evaluation, the demo and torch.hub each refuse the model file at `path` with one line holding `expected`."""
     with pytest.raises(DRNetError, match=re.escape(expected)):
         load_checkpoint(path)
-    fails_with_one_line(capsys, ["--evaluate", "--checkpoint", str(path)], expected)
-    with pytest.raises(SystemExit) as stop:
-        demo.main(["--model", str(path), "--out", str(tmp_path / "demo")])
-    assert stop.value.code == 2 and expected in one_error_line(capsys.readouterr().err)
+    fails_with_one_line(["--evaluate", "--checkpoint", str(path)], expected)
+    fails_with_one_line(["--model", str(path), "--out", str(tmp_path / "demo")], expected, command=demo.main)
     with pytest.raises(DRNetError, match=re.escape(expected)):
         hubconf.drnet(str(path))
 
 
-def test_one_flipped_bit_in_a_checkpoint_or_an_export_is_found_on_load(trained, tmp_path, capsys):
-    checkpoint = torch.load(trained / "checkpoint.pt", weights_only=True)
+@pytest.mark.e2e
+def test_one_flipped_bit_in_a_checkpoint_or_an_export_is_found_on_load(saved_run, tmp_path, fails_with_one_line):
+    checkpoint = torch.load(saved_run / "checkpoint.pt", weights_only=True)
     largest = max(checkpoint["model"].values(), key=torch.Tensor.numel)
     corrupt = tmp_path / "checkpoint.pt"
-    shutil.copy(trained / "checkpoint.pt", corrupt)
+    shutil.copy(saved_run / "checkpoint.pt", corrupt)
     flip_a_bit(corrupt, largest)
     assert torch.load(corrupt, weights_only=True)["config"] == checkpoint["config"]  # torch alone sees nothing
-    refused_everywhere(corrupt, tmp_path, capsys, f"{corrupt} is corrupt: its model tensors differ from the checksum")
+    refused_everywhere(corrupt, tmp_path, fails_with_one_line,
+                       f"{corrupt} is corrupt: its model tensors differ from the checksum")
 
     export = tmp_path / "export_fp16.pt"
     export_weights(checkpoint, export)
@@ -156,8 +73,10 @@ def test_one_flipped_bit_in_a_checkpoint_or_an_export_is_found_on_load(trained, 
         load_checkpoint(export)
 
 
-def test_non_finite_weights_are_refused_on_load_with_or_without_a_checksum(trained, tmp_path, capsys):
-    checkpoint = torch.load(trained / "checkpoint.pt", weights_only=True)
+@pytest.mark.e2e
+def test_non_finite_weights_are_refused_on_load_with_or_without_a_checksum(saved_run, tmp_path,
+                                                                          fails_with_one_line):
+    checkpoint = torch.load(saved_run / "checkpoint.pt", weights_only=True)
     name = next(key for key, value in checkpoint["model"].items() if value.is_floating_point())
     checkpoint["model"][name] = checkpoint["model"][name].clone()
     checkpoint["model"][name].view(-1)[0] = math.inf
@@ -166,16 +85,16 @@ def test_non_finite_weights_are_refused_on_load_with_or_without_a_checksum(train
     torch.save(with_checksums(checkpoint), tmp_path / "new.pt")
     for path in (tmp_path / "old.pt", tmp_path / "new.pt"):
         # Before: --evaluate crashed inside scikit-learn, the demo printed `content transfer nan` and exited 0.
-        refused_everywhere(path, tmp_path, capsys, f"{path} holds non-finite weights (NaN or infinity in "
-                                                   f"model.{name})")
+        refused_everywhere(path, tmp_path, fails_with_one_line,
+                           f"{path} holds non-finite weights (NaN or infinity in model.{name})")
 
 
-def test_every_checkpoint_and_export_carries_the_checksums_of_its_tensors(trained, tmp_path):
-    checkpoint = torch.load(trained / "checkpoint.pt", weights_only=True)
+def test_every_checkpoint_and_export_carries_the_checksums_of_its_tensors(saved_run, tmp_path):
+    checkpoint = torch.load(saved_run / "checkpoint.pt", weights_only=True)
     assert "model" in checkpoint["checksums"] and "rng" in checkpoint["checksums"]
     for part, checksum in checkpoint["checksums"].items():
         assert checksum == tensor_checksum(checkpoint[part])
-    assert digest(trained / "checkpoints" / "iter_0000001.pt") == digest(trained / "checkpoint.pt")
+    assert digest(saved_run / "checkpoints" / "iter_0000001.pt") == digest(saved_run / "checkpoint.pt")
     export_weights(checkpoint, tmp_path / "export.pt")
     exported = torch.load(tmp_path / "export.pt", weights_only=True)
     assert exported["checksums"] == {"model": tensor_checksum(exported["model"])}  # of the half tensors, as stored
@@ -183,8 +102,8 @@ def test_every_checkpoint_and_export_carries_the_checksums_of_its_tensors(traine
     checkpoints.load_model(tmp_path / "export.pt")
 
 
-def test_files_without_checksums_still_load_and_the_shipped_model_is_left_as_it_is(trained, tmp_path):
-    checkpoint = torch.load(trained / "checkpoint.pt", weights_only=True)
+def test_files_without_checksums_still_load_and_the_shipped_model_is_left_as_it_is(saved_run, tmp_path):
+    checkpoint = torch.load(saved_run / "checkpoint.pt", weights_only=True)
     torch.save({key: value for key, value in checkpoint.items() if key != "checksums"}, tmp_path / "old.pt")
     assert load_checkpoint(tmp_path / "old.pt")["iteration"] == 1
     if not SHIPPED.is_file():
@@ -208,7 +127,49 @@ def test_the_tensor_checksum_sees_every_bit_name_dtype_and_shape_but_not_the_ord
     assert len(tensor_checksum({"w": torch.ones(3, dtype=torch.bfloat16)})) == 64
 
 
-# 3. A full disk is one line for every writer of checkpoints.
+def test_a_checkpoint_holding_code_is_refused_without_inviting_to_run_it(tmp_path):
+    torch.save({"config": {}, "model": {}, "extra": argparse.Namespace(a=1)}, tmp_path / "unsafe.pt")
+    with pytest.raises(DRNetError) as error:
+        load_checkpoint(tmp_path / "unsafe.pt")
+    message = str(error.value)
+    assert "is not a plain checkpoint of this project: it holds a Python object (argparse.Namespace)" in message
+    assert "weights_only" not in message and "\n" not in message
+
+
+# A full disk, and weights that became non-finite.
+
+@pytest.mark.e2e
+def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_previous_checkpoint(run_dir, mnist_root,
+                                                                                 fails_with_one_line, monkeypatch):
+    before = digest(run_dir / "checkpoint.pt")
+
+    def disk_full(state, sink):
+        sink.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    fails_with_one_line(tiny_flags(run_dir, mnist_root, "--resume", "True", "--max_iter", "2"),
+                        "DRNET stopped at iteration 2: cannot write", "checkpoint.pt: no space left (",
+                        "MB needed", "MB free in", "the previous checkpoint.pt is unchanged")
+    assert digest(run_dir / "checkpoint.pt") == before
+    assert not list(run_dir.rglob("*.tmp"))
+    assert not (run_dir / "checkpoints" / "iter_0000002.pt").exists()
+
+
+def test_a_full_disk_during_the_periodic_copy_leaves_no_temporary_file(tmp_path, monkeypatch):
+    state = {"model": {"w": torch.ones(3)}, "config": {}}
+
+    def disk_full(source, sink):
+        sink.write(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(shutil, "copyfileobj", disk_full)
+    with pytest.raises(DRNetError, match=r"iter_0000003.pt: no space left \(0.0 MB needed, .* MB free in .*; "
+                                         "nothing was written"):
+        checkpoints.write_checkpoints(tmp_path, state, 3, keep=5)
+    assert torch.equal(load_checkpoint(tmp_path / "checkpoint.pt")["model"]["w"], torch.ones(3))
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == []
+
 
 class FillingFile:
     """A file that takes `free` bytes, then fails each write as a full disk does (ENOSPC)."""
@@ -287,7 +248,38 @@ def test_a_full_disk_is_one_line_for_every_writer_and_keeps_the_previous_file(fu
     assert not list(full_folder.rglob("*.tmp"))
 
 
-# 4. A run killed between its checkpoint and its report gets the report when resumed.
+@pytest.mark.e2e
+def test_non_finite_weights_are_never_saved(run_dir, mnist_root, fails_with_one_line, monkeypatch):
+    before = digest(run_dir / "checkpoint.pt")
+    poison_weights_from(monkeypatch, 1)
+    fails_with_one_line(tiny_flags(run_dir, mnist_root, "--resume", "True", "--max_iter", "2"),
+                        "DRNET stopped at iteration 2: the weights or optimizer state became non-finite",
+                        "(model.decoder.",
+                        f"the last good checkpoint {run_dir / 'checkpoint.pt'} is kept; try a lower --lr")
+    assert digest(run_dir / "checkpoint.pt") == before
+    assert not (run_dir / "checkpoints" / "iter_0000002.pt").exists()
+
+
+# Resuming.
+
+@pytest.mark.e2e
+def test_stale_temporary_files_are_removed_and_a_missing_periodic_copy_restored(run_dir, mnist_root):
+    periodic = run_dir / "checkpoints" / "iter_0000001.pt"
+    latest = digest(run_dir / "checkpoint.pt")
+    periodic.unlink()  # killed while copying it: the copy never landed
+    stale = [run_dir / "checkpoint.pt.tmp", run_dir / "checkpoints" / "iter_0000001.pt.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    nested = run_dir / "lstm" / "checkpoint.pt.tmp"  # another run's (the LSTM stage's): not ours to remove
+    nested.parent.mkdir()
+    nested.write_bytes(b"being written")
+    main.main(tiny_flags(run_dir, mnist_root, "--resume", "True", "--max_iter", "2"))
+    assert not any(path.exists() for path in stale) and nested.exists()
+    assert digest(periodic) == latest
+    log_text = (run_dir / "train.log").read_text()
+    assert f"removed {stale[0]}, left half-written" in log_text and f"restored the missing periodic copy {periodic}" \
+        in log_text
+
 
 KILL_AFTER_CHECKPOINT_2 = """
 real_copy = checkpoints.copy_to_periodic
@@ -310,11 +302,12 @@ def killed_at_2(argv: list[str], run_dir: Path) -> None:
     assert load_checkpoint(run_dir / "checkpoint.pt")["iteration"] == 2 and report_rows(run_dir) == [1]
 
 
-def test_a_drnet_run_killed_before_its_report_writes_it_when_resumed(tmp_path, data_root):
+@pytest.mark.e2e
+def test_a_drnet_run_killed_before_its_report_writes_it_when_resumed(tmp_path, mnist_root):
     run_dir = tmp_path / "run"
-    killed_at_2(flags(run_dir, data_root, "--max_iter", "2", "--amp", "off"), run_dir)
+    killed_at_2(tiny_flags(run_dir, mnist_root, "--max_iter", "2", "--amp", "off"), run_dir)
     assert not (run_dir / "samples" / "analogy_0000002.png").exists()
-    main.main(flags(run_dir, data_root, "--resume", "True", "--max_iter", "3"))
+    main.main(tiny_flags(run_dir, mnist_root, "--resume", "True", "--max_iter", "3"))
     assert report_rows(run_dir) == [1, 2, 3]
     assert (run_dir / "samples" / "analogy_0000002.png").is_file()
     assert (run_dir / "samples" / "reconstruction_0000002.png").is_file()
@@ -322,178 +315,39 @@ def test_a_drnet_run_killed_before_its_report_writes_it_when_resumed(tmp_path, d
         run_dir / "train.log").read_text()
 
 
-def test_an_lstm_run_killed_before_its_last_report_writes_it_when_resumed(trained, tmp_path, data_root):
-    drnet_dir = Path(shutil.copytree(trained, tmp_path / "drnet"))
-    argv = flags(drnet_dir, data_root, "--use_lstm", "True", "--max_iter", "2", "--amp", "off", "--n_past", "2",
-                 "--n_future", "2", "--rollout_len", "3", "--rnn_size", "8", "--rnn_layers", "1")
+@pytest.mark.e2e
+def test_an_lstm_run_killed_before_its_last_report_writes_it_when_resumed(saved_run, tmp_path, mnist_root):
+    drnet_dir = Path(shutil.copytree(saved_run, tmp_path / "drnet"))
+    argv = tiny_flags(drnet_dir, mnist_root, "--use_lstm", "True", "--max_iter", "2", "--amp", "off", "--n_past", "2",
+                      "--n_future", "2", "--rollout_len", "3", "--rnn_size", "8", "--rnn_layers", "1")
     killed_at_2(argv, drnet_dir / "lstm")
     main.main([*argv, "--resume", "True"])  # at --max_iter already: only the report is left to do
     assert report_rows(drnet_dir / "lstm") == [1, 2]
     assert (drnet_dir / "lstm" / "samples" / "rollout_0000002.gif").is_file()
 
 
-# 5. Tracebacks where one line belongs.
-
-def write_clip(folder: Path, frames: int) -> None:
-    """A clip folder of `frames` numbered 8x8 RGB frames."""
-    folder.mkdir(parents=True)
-    for index in range(frames):
-        Image.fromarray(np.full((8, 8, 3), 40 * index, dtype=np.uint8)).save(folder / f"frame_{index}.png")
+@pytest.mark.e2e
+def test_resume_without_a_checkpoint_is_one_line(tiny_args, fails_with_one_line):
+    fails_with_one_line(tiny_args("--resume", "True"), "nothing to resume", alone=True)
 
 
-def test_broken_links_and_unreadable_folders_of_a_frames_root_are_skipped_and_named(tmp_path, monkeypatch):
-    root = tmp_path / "clips"
-    for name in ("a", "b", "c"):
-        write_clip(root / name, 4)
-    (root / "dangling.mp4").symlink_to(root / "missing.mp4")
-    (root / "loop.mp4").symlink_to(root / "loop.mp4")
-    locked = root / "locked"
-    write_clip(locked, 4)
-    locked.chmod(0)
-    if os.access(locked, os.R_OK):  # root reads it anyway: refuse as the file system would refuse another user
-        real_iterdir = Path.iterdir
-
-        def iterdir(path: Path):
-            if path == locked:
-                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
-            return real_iterdir(path)
-
-        monkeypatch.setattr(Path, "iterdir", iterdir)
-    collect = Collect()
-    logging.getLogger("drnet").addHandler(collect)
-    try:
-        train = FrameClips(str(root), "train", 64, 3, 5)  # before: a traceback from the first broken entry
-    finally:
-        logging.getLogger("drnet").removeHandler(collect)
-        locked.chmod(0o755)
-    assert sorted(clip.name for clip in train.clips) == ["b", "c"]  # "a" is the test clip (every 10th name)
-    warnings = "\n".join(collect.messages)
-    assert f"video {root / 'dangling.mp4'} is no readable file" in warnings
-    assert f"video {root / 'loop.mp4'} is no readable file (a symbolic link to nothing, or one that loops)" in warnings
-    assert f"cannot read folder {locked} (Permission denied): skipped" in warnings
+@pytest.mark.e2e
+def test_a_checkpoint_of_another_architecture_is_one_line(tiny_args, fails_with_one_line):
+    main.main(tiny_args("--max_iter", "1"))
+    fails_with_one_line(tiny_args("--resume", "--pose_dim", "7"), "different architecture: pose_dim=5", alone=True)
 
 
-def test_a_save_dir_name_too_long_for_the_file_system_is_one_line(tmp_path, data_root, capsys):
-    run_dir = tmp_path / ("x" * 300)
-    fails_with_one_line(capsys, flags(run_dir, data_root), f"cannot create the run directory {run_dir}: File name "
-                                                           "too long")
-    fails_with_one_line(capsys, ["--evaluate", "--save_dir", str(run_dir)], "File name too long")
-
-
-@pytest.fixture
-def make_read_only():
-    """Make a folder read-only: a read-only bind mount on itself (root), else its write permission removed."""
-    mounted, locked = [], []
-
-    def make(folder: Path) -> None:
-        if os.geteuid() != 0:
-            folder.chmod(0o555)
-            locked.append(folder)
-            return
-        if subprocess.run(["mount", "--bind", folder, folder], capture_output=True).returncode != 0:
-            pytest.skip("no bind mounts here")
-        mounted.append(folder)
-        subprocess.run(["mount", "-o", "remount,ro,bind", folder], check=True)
-
-    yield make
-    for folder in mounted:
-        subprocess.run(["umount", folder], check=True)
-    for folder in locked:
-        folder.chmod(0o755)
-
-
-@pytest.mark.skipif(tensorboard_missing() is not None, reason="needs the tensorboard package")
-def test_a_tensorboard_folder_that_is_a_file_is_one_line(run_dir, data_root, capsys):
-    (run_dir / "tensorboard").write_text("a file where the event files would go")
-    argv = flags(run_dir, data_root, "--resume", "True", "--max_iter", "2", "--tensorboard", "True")
-    fails_with_one_line(capsys, argv,
-                        f"cannot write --tensorboard True event files in {run_dir / 'tensorboard'}: it is a file, "
-                        "not a folder")
-
-
-@pytest.mark.skipif(tensorboard_missing() is not None, reason="needs the tensorboard package")
-def test_a_read_only_tensorboard_folder_is_one_error_and_no_thread_traceback(tmp_path, capfd, make_read_only):
-    (tmp_path / "tensorboard").mkdir()
-    make_read_only(tmp_path / "tensorboard")
-    with pytest.raises(DRNetError, match=f"cannot write --tensorboard True event files in {tmp_path}/tensorboard: "):
-        Board(tmp_path)  # before: an OSError here, and a traceback from the event writer's thread
-    time.sleep(0.5)
-    assert "Traceback" not in capfd.readouterr().err
-
-
-def test_evaluate_on_a_read_only_file_system_is_one_line_before_the_evaluation(trained, tmp_path, capsys,
-                                                                               make_read_only, monkeypatch):
-    folder = tmp_path / "read_only"
-    folder.mkdir()
-    shutil.copy(trained / "checkpoint.pt", folder / "checkpoint.pt")
-    make_read_only(folder)
-    monkeypatch.setattr("evaluation.evaluate.evaluate", lambda *args: pytest.fail("evaluated before trying the folder"))
-    fails_with_one_line(capsys, ["--evaluate", "--checkpoint", str(folder / "checkpoint.pt")],
-                        f"cannot write the evaluation in {folder / 'eval'}: ")
-
-
-def test_demo_out_at_a_file_or_a_read_only_place_is_one_line(tmp_path, capsys, make_read_only):
-    blocker = tmp_path / "a_file"
-    blocker.write_text("not a folder")
-    read_only = tmp_path / "read_only"
-    read_only.mkdir()
-    make_read_only(read_only)
-    for out, why in ((blocker, "it is a file, not a folder"), (blocker / "demo", "Not a directory"),
-                     (read_only, "")):
-        with pytest.raises(SystemExit) as stop:
-            demo.main(["--out", str(out)])
-        assert stop.value.code == 2
-        assert f"cannot write the pictures (--out) in {out}: {why}" in one_error_line(capsys.readouterr().err)
-
-
-SECOND_CTRL_C_IN_SAVE = """
-real_save = torch.save
-
-def interrupted_save(*args, **kwargs):
-    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: stop after this iteration
-    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again, while the checkpoint is being written
-    real_save(*args, **kwargs)
-
-torch.save = interrupted_save
-"""
-
-
-def test_a_second_ctrl_c_during_a_save_is_one_line_and_keeps_the_checkpoint(run_dir, data_root):
-    before = digest(run_dir / "checkpoint.pt")
-    child = start_child(SECOND_CTRL_C_IN_SAVE, flags(run_dir, data_root, "--resume", "True", "--max_iter", "2",
-                                                     "--amp", "off"))
-    _, err = child.communicate(timeout=600)
-    assert child.returncode == 130, err
-    assert "stopped by Ctrl-C; checkpoints are written whole or not at all" in one_error_line(err)
-    assert digest(run_dir / "checkpoint.pt") == before and not list(run_dir.rglob("*.tmp"))
-
-
-# 6. Late and vague.
-
-def test_frame_clips_too_short_are_refused_before_the_run_directory_naming_the_flags(tmp_path, capsys):
-    root, run_dir = tmp_path / "clips", tmp_path / "run"
-    for name in ("a", "b", "c"):
-        write_clip(root / name, 4)
-    fails_with_one_line(capsys, ["--dataset", "frames", "--data_root", str(root), "--save_dir", str(run_dir),
-                                 "--max_step", "20", "--batch_size", "4", "--device", "cpu"],
-                        f"the longest test clip in {root} has 4 frames, fewer than the 10 consecutive frames the "
-                        "periodic analogy pictures show (min(--max_step, 10)): lower --max_step to 4, or add longer "
-                        "clips")
-    assert not run_dir.exists()
-    data = FrameClips(str(root), "train", 64, 3, 4), FrameClips(str(root), "test", 64, 3, 4)
-    check_clip_lengths({"max_step": 4, "data_root": str(root)}, data, lstm=False)
-    with pytest.raises(DRNetError, match=r"the longest train clip in .* has 4 frames, fewer than the --n_past \+ "
-                                         r"--n_future = 5 frames the LSTM stage trains on: lower them, or add"):
-        check_clip_lengths({"n_past": 3, "n_future": 2, "data_root": str(root)}, data, lstm=True)
-
-
-def test_resuming_a_run_with_nothing_left_to_do_says_so_and_changes_nothing(run_dir, data_root, capsys):
-    checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
-    torch.save(with_checksums({**checkpoint, "iteration": 2}), run_dir / "checkpoint.pt")  # a run at iteration 2
-    main.main(flags(run_dir, data_root, "--resume", "True", "--max_iter", "1"))  # its last report was missing
-    assert report_rows(run_dir) == [1, 2]
-    written = {name: digest(run_dir / name) for name in ("config.json", "test_metrics.csv", "checkpoint.pt")}
-    capsys.readouterr()
-    main.main(flags(run_dir, data_root, "--resume", "True", "--max_iter", "1"))  # before: silent, config rewritten
-    assert f"{run_dir} is at iteration 2 (--max_iter 1): nothing left to do, nothing changed" in capsys.readouterr().err
-    assert {name: digest(run_dir / name) for name in written} == written
+@pytest.mark.e2e
+@pytest.mark.parametrize("use_skip", ["False", "True"])
+def test_load_model_rebuilds_the_networks_from_the_checkpoint(tiny_args, tmp_path, use_skip):
+    main.main(tiny_args("--use_skip", use_skip, "--max_iter", "1"))
+    model = load_model(str(tmp_path / "run" / "checkpoint.pt"))
+    assert not model.training
+    for name in ("content_encoder", "pose_encoder", "decoder", "scene_discriminator"):
+        assert isinstance(getattr(model, name), torch.nn.Module)
+    clip_a, clip_b = torch.rand(3, 3, 64, 64), torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        pose = model.encode_pose(clip_b)
+        frames = model.decode(model.encode_content(clip_a), pose)
+    assert pose.shape == (3, 5) and frames.shape == (3, 3, 64, 64)
+    assert len(model.encode_content(clip_a).skips) == (4 if use_skip == "True" else 0)

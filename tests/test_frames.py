@@ -1,17 +1,18 @@
-"""`--dataset frames`: clips from a folder of frame folders and video files, on tiny trees written here.
+"""datasets/frames.py, `--dataset frames`: clips from a folder of frame folders and video files, on tiny trees
+of fakes/frames.py and fakes/kth.py, whose frames say what they show; broken links, unreadable files and
+folders are skipped and named; a run through main.py (e2e)."""
 
-Every frame encodes what it shows: the left half has grey level 8 * (frame + 1) (frame counted from 0), the
-right half a level that names the clip, as in the fake KTH videos (whose writer makes the video files here).
-"""
-
+import errno
 import json
 import logging
+import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from fakes.frames import write_clip
 from fakes.kth import write_fake_avi
+from fakes.runs import dataset_flags
 from PIL import Image
 
 import train_drnet
@@ -20,17 +21,6 @@ from datasets.frames import FrameClips, numbered_frames
 from datasets.registry import DATASETS, build_dataset
 from main import main
 from utils import DRNetError
-
-
-def write_clip(folder: Path, num_frames: int, clip_level: int, size: tuple[int, int] = (64, 64),
-               pattern: str = "frame_{}.png") -> None:
-    """A folder of grey frames (width, height) named by `pattern` (unpadded numbers: a name sort misorders them)."""
-    folder.mkdir(parents=True)
-    width, height = size
-    for frame in range(num_frames):
-        pixels = np.full((height, width), clip_level, dtype=np.uint8)
-        pixels[:, :width // 2] = 8 * (frame + 1)
-        Image.fromarray(pixels).save(folder / pattern.format(frame))
 
 
 def decoded(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,11 +132,41 @@ def test_unusable_root_is_one_clear_error(tmp_path, problem):
     assert "\n" not in str(error.value)
 
 
+def test_broken_links_and_unreadable_folders_of_a_frames_root_are_skipped_and_named(tmp_path, monkeypatch,
+                                                                                   drnet_log):
+    root = tmp_path / "clips"
+    for index, name in enumerate(("a", "b", "c")):
+        write_clip(root / name, 4, 100 + index)
+    (root / "dangling.mp4").symlink_to(root / "missing.mp4")
+    (root / "loop.mp4").symlink_to(root / "loop.mp4")
+    locked = root / "locked"
+    write_clip(locked, 4, 110)
+    locked.chmod(0)
+    if os.access(locked, os.R_OK):  # root reads it anyway: refuse as the file system would refuse another user
+        real_iterdir = Path.iterdir
+
+        def iterdir(path: Path):
+            if path == locked:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return real_iterdir(path)
+
+        monkeypatch.setattr(Path, "iterdir", iterdir)
+    try:
+        train = FrameClips(str(root), "train", 64, 3, 5)  # before: a traceback from the first broken entry
+    finally:
+        locked.chmod(0o755)
+    assert sorted(clip.name for clip in train.clips) == ["b", "c"]  # "a" is the test clip (every 10th name)
+    warnings = "\n".join(drnet_log)
+    assert f"video {root / 'dangling.mp4'} is no readable file" in warnings
+    assert f"video {root / 'loop.mp4'} is no readable file (a symbolic link to nothing, or one that loops)" in warnings
+    assert f"cannot read folder {locked} (Permission denied): skipped" in warnings
+
+
+@pytest.mark.e2e
 def test_trains_through_main_with_the_frames_defaults(root, tmp_path, monkeypatch):
     monkeypatch.setattr(train_drnet, "TEST_CLIPS", 8)  # fewer fixed test clips: the same code paths
     run_dir = tmp_path / "run"
-    main(["--dataset", "frames", "--data_root", str(root), "--save_dir", str(run_dir), "--device", "cpu",
-          "--batch_size", "4", "--max_iter", "2", "--save_iters", "2", "--max_step", "5"])
+    main(dataset_flags("frames", root, run_dir, "--max_step", "5"))
     config = json.loads((run_dir / "config.json").read_text())
     expected = {k: v for k, v in DATASETS["frames"].items() if k != "loader"}
     assert {k: config[k] for k in expected} == expected

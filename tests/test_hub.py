@@ -1,7 +1,8 @@
-"""torch.hub loads our model without touching the user's modules: a user's own `utils`, `models` and `datasets`
-neither break the load nor are replaced by ours, and none of ours stays in the user's `sys.modules`.
-
-Each case runs in a fresh Python process whose working folder is a user's project, as a user's script would.
+"""hubconf.py, the torch.hub entry points: models built from the checkpoints of a trained run (conftest's grey
+Moving MNIST run), one line without a checkpoint, and loads that leave the user's modules alone: a user's own
+`utils`, `models` and `datasets` neither break the load nor are replaced by ours, and none of ours stays in the
+user's `sys.modules` (each such case runs in a fresh Python process whose working folder is a user's project, as
+a user's script would).
 """
 
 import json
@@ -10,6 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from engine.checkpoints import load_model
+from utils import DRNetError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,6 +54,7 @@ def user_project(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.e2e
 def test_the_users_modules_loaded_before_the_hub_stay_theirs(user_project: Path) -> None:
     seen = run_user_script(user_project, "import utils, models, datasets  # the user's, loaded first")
     assert seen["shape"] == [2, 3, 1, 64, 64]
@@ -56,6 +62,7 @@ def test_the_users_modules_loaded_before_the_hub_stay_theirs(user_project: Path)
     assert seen["ours_left"] == []
 
 
+@pytest.mark.e2e
 def test_the_users_modules_imported_after_the_hub_are_theirs(user_project: Path) -> None:
     seen = run_user_script(user_project, "")
     assert seen["shape"] == [2, 3, 1, 64, 64]
@@ -66,10 +73,31 @@ def test_the_users_modules_imported_after_the_hub_are_theirs(user_project: Path)
 def test_a_process_inside_the_repository_keeps_its_own_modules() -> None:
     """Within the repository (as the tests and our tools run) the modules already loaded are left alone, so
     errors raised by an entry point are the classes the caller imported."""
-    import torch
-
     import utils
 
     with pytest.raises(utils.DRNetError, match="pass checkpoint="):
         torch.hub.load(str(REPO), "drnet", source="local")
     assert sys.modules["utils"] is utils
+
+
+@pytest.mark.e2e
+def test_torch_hub_builds_models_from_checkpoints(grey_run):
+    frames = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    drnet = torch.hub.load(str(REPO), "drnet", source="local", checkpoint=str(grey_run / "checkpoint.pt"))
+    assert not hasattr(drnet, "predict") and not drnet.training
+    expected = load_model(grey_run / "checkpoint.pt")
+    torch.testing.assert_close(drnet(frames, frames), expected(frames, frames), rtol=0, atol=0)
+    predictor = torch.hub.load(str(REPO), "drnet", source="local", checkpoint=str(grey_run / "lstm" / "checkpoint.pt"))
+    assert predictor.predict(frames[:, None], 3).shape == (2, 3, 1, 64, 64)
+    if (REPO / "saved_results" / "drnet_mnist_fp16.pt").is_file():
+        assert torch.hub.load(str(REPO), "drnet_mnist", source="local").config["dataset"] == "mnist"
+    else:
+        with pytest.raises(DRNetError, match="drnet_mnist_fp16.pt is not shipped with this copy") as error:
+            torch.hub.load(str(REPO), "drnet_mnist", source="local")
+        assert "\n" not in str(error.value)
+
+
+def test_torch_hub_without_a_checkpoint_is_one_line():
+    with pytest.raises(DRNetError, match='pass checkpoint="runs/mnist/checkpoint.pt"') as error:
+        torch.hub.load(str(REPO), "drnet", source="local")
+    assert "\n" not in str(error.value)

@@ -1,11 +1,12 @@
-"""Tests for identity.py: the digit classifier learns from training digits only, reads test digits and each
+"""evaluation/identity.py: the digit classifier learns from training digits only, reads test digits and each
 digit channel, is cached; identity curves and swap identity count readings equal to the clips' own digits."""
 
 from pathlib import Path
 
 import pytest
 import torch
-from test_evaluate import CopyLastPredictor, seeded, synthetic_mnist
+from fakes.mnist import seeded, synthetic_mnist
+from fakes.predictors import CopyLastPredictor
 
 from datasets import moving_mnist
 from datasets.moving_mnist import DIGIT_SIZE, MovingMNIST, load_mnist

@@ -1,8 +1,9 @@
-"""KTH conversion and loading on the tiny synthetic KTH of kth_fakes.py (the download: test_kth_download.py).
+"""KTH: its conversion (datasets/prepare/convert_kth.py), its loader (datasets/kth.py) and its runs through
+main.py, on the tiny synthetic KTH of fakes/kth.py (the download: tests/test_kth_download.py).
 
-The fake frames say in their pixels which video and frame they are (see kth_fakes.py), so the tests
-below can tell from a loaded batch where every image came from. Batches decoded on several threads are
-checked against frames read one by one, as the loader did before it decoded in parallel.
+The fake frames say in their pixels which video and frame they are, so the tests below can tell from a loaded
+batch where every image came from. Batches decoded on several threads are checked against frames read one by
+one, as the loader did before it decoded in parallel.
 """
 
 import json
@@ -17,8 +18,10 @@ import numpy as np
 import pytest
 import torch
 from fakes.kth import FAKE_VIDEOS, write_fake_raw
+from fakes.runs import check_drnet_run, check_lstm_run, dataset_flags, evaluate_lstm
 from PIL import Image
 
+import main
 from datasets.kth import KTHClips, missing_data_error
 from datasets.prepare import convert_kth
 from datasets.prepare.convert_kth import convert_kth as run_conversion
@@ -107,6 +110,7 @@ def test_rerun_converts_nothing_and_touches_nothing(data_root: Path) -> None:
     assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == before
 
 
+@pytest.mark.e2e
 def test_corrupt_video_is_reported_and_others_convert(
     data_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -126,6 +130,7 @@ def test_corrupt_video_is_reported_and_others_convert(
     assert not list(out.glob(".partial-*"))
 
 
+@pytest.mark.e2e
 def test_convert_rejects_other_image_sizes_as_a_script(data_root: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "datasets.prepare.convert_kth", "--data_root", str(data_root), "--image_width", "100"],
@@ -370,4 +375,29 @@ def test_a_forked_process_decodes_on_threads_of_its_own(converted: Path) -> None
     assert child.exitcode == 0
 
 
-# ---- download ----
+# ---- runs through main.py ----
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("few_test_clips")
+def test_kth_trains_at_64_px_then_its_lstm_on_short_segments(converted: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "kth"
+    main.main(dataset_flags("kth", converted, run_dir, "--image_width", str(SIZE)))
+    check_drnet_run(run_dir, {"image_width": SIZE, "channels": 1, "content_encoder": "vgg16",
+                              "pose_encoder": "resnet18", "decoder": "vgg16", "use_skip": True, "pose_dim": 24})
+    # The longest fake test segment has 24 frames: the 30-frame rollout's ground truth (and so the
+    # step-10 metric) has to come from shorter test clips, and the rollout still runs its full length.
+    main.main(dataset_flags("kth", converted, run_dir, "--image_width", str(SIZE), "--rollout_len", "30", lstm=True))
+    columns = check_lstm_run(run_dir / "lstm", frames=2 + 30)
+    assert columns == ["iteration", "mse_step1", "copy_last_step1", "mse_step10", "copy_last_step10"]
+    assert {"class_from_content", "person_from_pose"} <= set(evaluate_lstm(run_dir)["probes"])
+
+
+@pytest.mark.e2e
+def test_kth_missing_data_is_one_line_naming_both_commands(tmp_path: Path, fails_with_one_line) -> None:
+    empty = tmp_path / "empty"
+    # The run's first log line (its directory and config) may come first; the error is one line, the last.
+    line = fails_with_one_line(["--dataset", "kth", "--data_root", str(empty), "--save_dir", str(tmp_path / "run"),
+                                "--device", "cpu"])
+    assert f"sh datasets/prepare/download_kth.sh {empty}" in line
+    assert f"python -m datasets.prepare.convert_kth --data_root {empty} --image_width 128" in line
+    assert not (tmp_path / "run" / "config.json").exists()  # nothing was built or written first

@@ -1,4 +1,5 @@
-"""KTH download against a faked server: resumable files, one-line errors, safe and verified extraction."""
+"""datasets/prepare/kth_download.py and download_kth.sh: the KTH download against a faked server, resumable files,
+one-line errors, safe and verified extraction."""
 
 import io
 import stat
@@ -70,6 +71,7 @@ def zip_bytes(members: dict[str, bytes], links: tuple[str, ...] = ()) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.e2e
 def test_download_offline_fails_with_one_clear_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -177,6 +179,7 @@ def test_extraction_refuses_corrupt_zips(tmp_path: Path) -> None:
         kth_download.extract_zip(archive, tmp_path / "boxing")
 
 
+@pytest.mark.e2e
 def test_download_script_prints_usage_without_a_folder() -> None:
     result = subprocess.run(["sh", "datasets/prepare/download_kth.sh"], cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=60)

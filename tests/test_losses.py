@@ -1,4 +1,4 @@
-"""DRNET losses against hand-computed values, discriminator pairs, and what each step detaches."""
+"""train_drnet.py's DRNET losses against hand-computed values, discriminator pairs, and what each step detaches."""
 
 import math
 

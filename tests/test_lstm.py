@@ -1,6 +1,7 @@
-"""LSTM stage: the pose LSTM, its loss, the frozen DRNET, `predict`, and `main.py --use_lstm True` runs.
+"""train_lstm.py and the pose LSTM of models.py: the LSTM, its loss, the frozen DRNET, the code pool, `predict`,
+half-precision exports, and `main.py --use_lstm True` runs.
 
-One two-iteration DRNET run (module fixture) feeds every end-to-end test; settings are tiny.
+One two-iteration DRNET run (module fixture) feeds the end-to-end tests (marked e2e); settings are tiny.
 """
 
 import hashlib
@@ -8,18 +9,16 @@ import math
 from pathlib import Path
 
 import imageio.v2 as imageio
-import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageFont
 
-import demo
 import main
 from datasets import moving_mnist
 from datasets.registry import DATASETS
 from engine.checkpoints import export_lstm, export_weights, load_model
 from engine.config import LSTM_DEFAULTS, resolve_run
-from engine.pictures import label_strip_width, save_rollout
+from engine.pictures import label_strip_width
 from models import DRNet, DRNetPredictor, PoseLSTM
 from train_lstm import CodePool, encode_clips, freeze_drnet, lstm_step, lstm_update, teacher_forced_loss
 from utils import DRNetError, read_metrics
@@ -143,6 +142,7 @@ def test_no_gradient_reaches_the_frozen_drnet(monkeypatch):
     assert any(not torch.equal(v, lstm_before[k]) for k, v in model.lstm.state_dict().items())
 
 
+@pytest.mark.e2e
 def test_lstm_run_writes_every_output(lstm_dir, drnet_dir):
     run_dir, drnet_digests = lstm_dir
     for name in ("config.json", "train.log", "metrics.csv", "test_metrics.csv", "checkpoint.pt",
@@ -173,59 +173,7 @@ def test_lstm_run_writes_every_output(lstm_dir, drnet_dir):
     assert after == drnet_digests  # the DRNET run directory is left as it was
 
 
-class NoisePredictor:
-    """Stands in for a trained predictor: random future frames of the past frames' shape."""
-
-    def predict(self, past: torch.Tensor, steps: int) -> torch.Tensor:
-        """`steps` random frames per clip."""
-        return torch.rand(past.shape[0], steps, *past.shape[2:], generator=torch.Generator().manual_seed(0))
-
-
-def label_strip(frame: np.ndarray) -> np.ndarray:
-    """The columns of an animation frame left of the first cell, where the row labels are."""
-    return frame[:, :label_strip_width(ImageFont.load_default())]
-
-
-def test_rollout_mp4_has_the_gifs_labelled_frames(tmp_path):
-    clips = torch.rand(2, 5, 1, 64, 64, generator=torch.Generator().manual_seed(1))
-    strip, gif, mp4 = save_rollout(NoisePredictor(), clips, 3, 4, tmp_path, "rollout")
-    assert strip.is_file() and mp4 == tmp_path / "rollout.mp4"
-    with Image.open(gif) as animation:
-        gif_frames = []
-        for index in range(animation.n_frames):
-            animation.seek(index)
-            gif_frames.append(np.asarray(animation.convert("RGB")))
-    video = imageio.get_reader(mp4)
-    assert video.count_frames() == len(gif_frames) == 3 + 4
-    mp4_frames = list(video.iter_data())
-    assert mp4_frames[0].shape == gif_frames[0].shape  # no resizing to macro blocks
-    for frames in (gif_frames, mp4_frames):
-        # Dark text on the white strip, in the row's colour: green while observed, then red.
-        labels = label_strip(frames[0]).astype(int)
-        assert (labels.min(axis=2) < 128).any()
-        assert ((labels[..., 1] - labels[..., 0]) > 100).any()
-        later = label_strip(frames[-1]).astype(int)
-        assert ((later[..., 0] - later[..., 1]) > 100).any()
-    # Lossy H.264 stays close to the GIF's frames, labels included.
-    assert np.abs(mp4_frames[0].astype(int) - gif_frames[0].astype(int)).mean() < 20
-
-
-def test_rollout_without_ffmpeg_warns_once_and_keeps_the_gif(tmp_path, monkeypatch, caplog):
-    import imageio_ffmpeg._io
-
-    def no_ffmpeg() -> str:
-        raise RuntimeError("No ffmpeg exe could be found")
-
-    monkeypatch.setattr(imageio_ffmpeg._io, "get_ffmpeg_exe", no_ffmpeg)  # what the writer calls
-    clips = torch.rand(2, 4, 3, 64, 64)
-    with caplog.at_level("WARNING", logger="drnet"):
-        _, gif, mp4 = save_rollout(NoisePredictor(), clips, 2, 2, tmp_path, "rollout")
-    assert mp4 is None and not (tmp_path / "rollout.mp4").exists()
-    assert Image.open(gif).n_frames == 4
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warnings) == 1 and "rollout.mp4 not written" in warnings[0] and "ffmpeg" in warnings[0]
-
-
+@pytest.mark.e2e
 def test_lstm_checkpoint_is_self_contained_and_loads_as_a_predictor(lstm_dir, drnet_dir):
     checkpoint = torch.load(lstm_dir[0] / "checkpoint.pt", weights_only=True)
     drnet = torch.load(drnet_dir / "checkpoint.pt", weights_only=True)
@@ -242,6 +190,7 @@ def test_lstm_checkpoint_is_self_contained_and_loads_as_a_predictor(lstm_dir, dr
     assert type(plain) is DRNet
 
 
+@pytest.mark.e2e
 def test_predict_shapes_and_determinism(lstm_dir):
     model = load_model(lstm_dir[0] / "checkpoint.pt")
     past = torch.rand(3, 3, 3, 64, 64)
@@ -256,6 +205,7 @@ def test_predict_shapes_and_determinism(lstm_dir):
     assert model.predict(past[:, :1], 2).shape == (3, 2, 3, 64, 64)  # a single observed frame
 
 
+@pytest.mark.e2e
 def test_sequence_decoding_in_chunks_equals_one_frame_at_a_time(lstm_dir, monkeypatch):
     import models
 
@@ -270,6 +220,7 @@ def test_sequence_decoding_in_chunks_equals_one_frame_at_a_time(lstm_dir, monkey
     torch.testing.assert_close(frames, one_by_one, rtol=0, atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_lstm_defaults_and_lr_flag(drnet_dir, shared, tmp_path):
     common = ["--use_lstm", "True", "--drnet_checkpoint", str(drnet_dir / "checkpoint.pt"), *shared]
     config = resolve_run(main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "a")])).config
@@ -282,6 +233,7 @@ def test_lstm_defaults_and_lr_flag(drnet_dir, shared, tmp_path):
     assert config["lr"] == 0.001
 
 
+@pytest.mark.e2e
 def test_new_lstm_run_takes_the_drnets_clips_unless_given(shared, tmp_path):
     one_digit = tmp_path / "one"
     main.main([*shared, "--max_iter", "1", "--batch_size", "2", "--num_digits", "1", "--save_dir", str(one_digit)])
@@ -292,6 +244,7 @@ def test_new_lstm_run_takes_the_drnets_clips_unless_given(shared, tmp_path):
     assert resolve_run(given).config["num_digits"] == 3
 
 
+@pytest.mark.e2e
 def test_resume_equals_one_uninterrupted_run(drnet_dir, tiny, tmp_path):
     common = ["--use_lstm", "True", "--drnet_checkpoint", str(drnet_dir / "checkpoint.pt"), "--rollout_len", "3",
               "--save_iters", "2", *tiny]
@@ -353,6 +306,7 @@ def test_pool_indices_cover_the_pool_and_follow_the_generator():
         pool.batch(torch.tensor([0]))  # nothing stored yet
 
 
+@pytest.mark.e2e
 def test_a_run_within_its_pool_equals_encoding_every_batch(drnet_dir, tiny, tmp_path):
     common = ["--use_lstm", "True", "--drnet_checkpoint", str(drnet_dir / "checkpoint.pt"), "--rollout_len", "3",
               "--save_iters", "2", "--max_iter", "2", *tiny]
@@ -365,6 +319,7 @@ def test_a_run_within_its_pool_equals_encoding_every_batch(drnet_dir, tiny, tmp_
     assert not (tmp_path / "none" / "lstm" / "code_pool_rank0.pt").exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("stop_at", [1, 3])  # resumed while the pool fills (encoded again) / once full (read back)
 def test_resume_past_the_pool_equals_one_uninterrupted_run(stop_at, drnet_dir, tiny, tmp_path):
     common = ["--use_lstm", "True", "--drnet_checkpoint", str(drnet_dir / "checkpoint.pt"), "--rollout_len", "3",
@@ -381,8 +336,9 @@ def test_resume_past_the_pool_equals_one_uninterrupted_run(stop_at, drnet_dir, t
     assert read_back == (stop_at == 3)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", ["no_drnet", "image_size", "dataset", "n_past"])
-def test_errors_are_one_line(case, drnet_dir, tiny, tmp_path, capsys):
+def test_errors_are_one_line(case, drnet_dir, tiny, tmp_path, fails_with_one_line):
     checkpoint = drnet_dir / "checkpoint.pt"
     argv = ["--use_lstm", "True", "--save_dir", str(tmp_path / "run"), *tiny]
     if case == "no_drnet":
@@ -400,15 +356,11 @@ def test_errors_are_one_line(case, drnet_dir, tiny, tmp_path, capsys):
     else:
         argv += ["--drnet_checkpoint", str(checkpoint), "--n_past", "0"]
         expected = "--n_past must be at least 1, got 0"
-    with pytest.raises(SystemExit) as exit_info:
-        main.main(argv)
-    assert exit_info.value.code != 0
-    captured = capsys.readouterr()
-    output = (captured.out + captured.err).strip()
-    assert expected in output and len(output.splitlines()) == 1
+    fails_with_one_line(argv, expected, alone=True)
     assert not (tmp_path / "run" / "lstm" / "checkpoint.pt").exists()
 
 
+@pytest.mark.e2e
 def test_half_precision_export_loads_and_predicts_like_the_original(lstm_dir, tmp_path):
     source = lstm_dir[0] / "checkpoint.pt"
     shipped = tmp_path / "shipped.pt"
@@ -423,6 +375,7 @@ def test_half_precision_export_loads_and_predicts_like_the_original(lstm_dir, tm
     assert torch.allclose(original.predict(past, 4), exported.predict(past, 4), atol=2e-2)
 
 
+@pytest.mark.e2e
 def test_a_pose_lstm_file_loads_with_the_drnet_file_beside_it(lstm_dir, drnet_dir, tmp_path):
     source = torch.load(lstm_dir[0] / "checkpoint.pt", weights_only=True)
     export_weights(source, tmp_path / "drnet.pt")  # the DRNET shipped once (here with an older LSTM inside)
@@ -439,23 +392,3 @@ def test_a_pose_lstm_file_loads_with_the_drnet_file_beside_it(lstm_dir, drnet_di
     (tmp_path / "other.pt").replace(tmp_path / "drnet.pt")  # the DRNET file replaced under the LSTM file
     with pytest.raises(DRNetError, match="does not hold the DRNET weights that lstm.pt was trained on"):
         load_model(tmp_path / "lstm.pt")
-
-
-def test_demo_writes_every_picture_from_a_model(lstm_dir, tmp_path, capsys):
-    out = tmp_path / "demo"
-    demo.main(["--model", str(lstm_dir[0] / "checkpoint.pt"), "--out", str(out), "--frames", "12"])
-    for name in ("analogy.png", "swaps.png", "rollout.gif", "rollout.mp4", "rollout_every1.png"):
-        assert (out / name).stat().st_size > 0, name
-    assert Image.open(out / "rollout.gif").n_frames == 10 + 12
-    assert "content transfer" in capsys.readouterr().out
-
-
-def test_demo_without_a_model_is_a_one_line_error(tmp_path, capsys, monkeypatch):
-    with pytest.raises(SystemExit) as stop:
-        demo.main(["--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "demo")])
-    assert stop.value.code == 2
-    assert "no checkpoint at" in capsys.readouterr().err
-    monkeypatch.setattr(demo, "SHIPPED_MODEL", tmp_path / "shipped.pt")  # a copy without the shipped file
-    with pytest.raises(SystemExit):
-        demo.main(["--out", str(tmp_path / "demo")])
-    assert "ships no trained model" in capsys.readouterr().err

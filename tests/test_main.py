@@ -1,47 +1,32 @@
-"""The command line: flag parsing, a tiny end-to-end run, resume equivalence, load_model, and the errors."""
+"""main.py end to end: a tiny run writes every output, resume and --start_iter continue it as one run would, the
+run directory is held from before anything looks at it, `--evaluate` uses the checkpoint it names, and what
+main.py itself reports in one line (a full disk, a second Ctrl-C, a folder it cannot write).
 
-import argparse
+Most runs are tiny DRNET runs in process; the runs racing for a directory or stopped by signals are child
+processes (fakes.runs.start_child)."""
+
 import csv
+import errno
 import json
 import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
+from fakes.runs import REPO, digest, report_rows, start_child, tiny_flags
 
+import train_drnet
 from datasets import registry
-from engine.checkpoints import load_model
+from engine.checkpoints import load_checkpoint
+from evaluation import evaluate
 from main import build_parser, main
-from utils import str2bool
 
-
-@pytest.mark.parametrize("text,value", [("True", True), ("true", True), ("1", True), ("yes", True),
-                                        ("False", False), ("false", False), ("0", False), ("no", False)])
-def test_str2bool(text, value):
-    assert str2bool(text) is value
-
-
-def test_boolean_flags_parse_honestly():
-    parse = build_parser().parse_args
-    assert parse(["--use_skip", "False"]).use_skip is False
-    assert parse(["--use_skip", "True"]).use_skip is True
-    assert parse(["--use_skip"]).use_skip is True  # bare flag
-    assert parse(["--use_skip", "0"]).use_skip is False
-    assert parse([]).use_skip is None  # unset: the dataset's default applies
-    assert parse(["--use_lstm", "True"]).use_lstm is True
-    with pytest.raises(argparse.ArgumentTypeError):
-        str2bool("maybe")
-
-
-def one_line_error(capsys, argv, match):
-    """Run main and check it fails with a non-zero exit and a single line naming the problem."""
-    capsys.readouterr()  # forget what earlier runs of the test printed
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code != 0
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and match in lines[0], err
+pytestmark = pytest.mark.e2e
 
 
 def test_two_iteration_run_writes_every_output(tiny_args, tmp_path):
@@ -91,66 +76,12 @@ def test_start_iter_resumes_from_that_iteration(tiny_args, tmp_path):
     assert [r["iteration"] for r in rows] == ["1", "2", "3"]
 
 
-@pytest.mark.parametrize("use_skip", ["False", "True"])
-def test_load_model_rebuilds_the_networks_from_the_checkpoint(tiny_args, tmp_path, use_skip):
-    main(tiny_args("--use_skip", use_skip, "--max_iter", "1"))
-    model = load_model(str(tmp_path / "run" / "checkpoint.pt"))
-    assert not model.training
-    for name in ("content_encoder", "pose_encoder", "decoder", "scene_discriminator"):
-        assert isinstance(getattr(model, name), torch.nn.Module)
-    clip_a, clip_b = torch.rand(3, 3, 64, 64), torch.rand(3, 3, 64, 64)
-    with torch.no_grad():
-        pose = model.encode_pose(clip_b)
-        frames = model.decode(model.encode_content(clip_a), pose)
-    assert pose.shape == (3, 5) and frames.shape == (3, 3, 64, 64)
-    assert len(model.encode_content(clip_a).skips) == (4 if use_skip == "True" else 0)
-
-
-def test_error_unknown_dataset(capsys):
-    one_line_error(capsys, ["--dataset", "cifar"], "invalid choice: 'cifar'")
-
-
-def test_error_unsupported_image_size(capsys, tiny_args):
-    one_line_error(capsys, tiny_args("--image_width", "96"), "unsupported --image_width 96")
-
-
-def test_error_data_root_cannot_be_created(capsys, tiny_args, tmp_path):
-    blocker = tmp_path / "a_file"
-    blocker.write_text("not a directory")
-    one_line_error(capsys, tiny_args("--data_root", str(blocker / "data")), "cannot create --data_root")
-
-
-def test_error_resume_without_checkpoint(capsys, tiny_args):
-    one_line_error(capsys, tiny_args("--resume", "True"), "nothing to resume")
-
-
-def test_error_checkpoint_of_another_architecture(capsys, tiny_args):
-    main(tiny_args("--max_iter", "1"))
-    one_line_error(capsys, tiny_args("--resume", "--pose_dim", "7"), "different architecture: pose_dim=5")
-
-
-def test_error_existing_run_without_resume(capsys, tiny_args):
-    main(tiny_args("--max_iter", "1"))
-    one_line_error(capsys, tiny_args(), "already holds a run")
-
-
-def test_error_dataset_not_available_yet(capsys, tiny_args, monkeypatch):
-    monkeypatch.setitem(registry.DATASETS, "norb", {**registry.DATASETS["norb"], "loader": None})
-    one_line_error(capsys, tiny_args("--dataset", "norb"), "not available yet")
-
-
-def test_error_bad_boolean(capsys):
-    one_line_error(capsys, ["--use_skip", "maybe"], "expected a boolean")
-
-
-def test_evaluate_without_a_checkpoint_says_how_to_get_one(capsys, tmp_path):
-    run_dir = tmp_path / "none"
-    with pytest.raises(SystemExit) as stop:
-        main(["--evaluate", "--save_dir", str(run_dir), "--use_lstm", "True"])
-    assert stop.value.code == 2
-    assert capsys.readouterr().err.splitlines() == [
-        f"error: no checkpoint at {run_dir / 'lstm' / 'checkpoint.pt'} to evaluate: train one with "
-        f"`python main.py --dataset mnist --save_dir {run_dir} --use_lstm True`, or pass --checkpoint PATH"]
+def test_learning_rate_given_on_resume_takes_effect(tiny_args, tmp_path):
+    main(tiny_args())
+    main(tiny_args("--resume", "True", "--max_iter", "3", "--lr", "0.0005", "--beta1", "0.8"))
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    for state in checkpoint["optimizers"].values():
+        assert [(g["lr"], g["betas"][0]) for g in state["param_groups"]] == [(0.0005, 0.8)]
 
 
 def test_help_lists_the_model_defaults_of_every_dataset(capsys, monkeypatch):
@@ -170,9 +101,140 @@ def test_help_lists_the_model_defaults_of_every_dataset(capsys, monkeypatch):
                        str(entry["content_dim"]), str(entry["pose_dim"])]
 
 
-def test_learning_rate_given_on_resume_takes_effect(tiny_args, tmp_path):
-    main(tiny_args())
-    main(tiny_args("--resume", "True", "--max_iter", "3", "--lr", "0.0005", "--beta1", "0.8"))
-    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
-    for state in checkpoint["optimizers"].values():
-        assert [(g["lr"], g["betas"][0]) for g in state["param_groups"]] == [(0.0005, 0.8)]
+# The run directory is held from before anything looks at it.
+
+def test_a_second_run_is_refused_while_the_first_holds_the_directory_and_not_after_it_is_killed(
+        run_dir, mnist_root, fails_with_one_line):
+    command = [sys.executable, "main.py", *tiny_flags(run_dir, mnist_root, "--resume", "True", "--max_iter", "1000000",
+                                                      "--save_iters", "1000000")]
+    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        lock = run_dir / "run.lock"
+        deadline = time.monotonic() + 300
+        while not (lock.is_file() and lock.read_text().startswith(f"pid {first.pid},")):
+            assert first.poll() is None, first.stderr.read()
+            assert time.monotonic() < deadline, "the first run never took the directory"
+            time.sleep(0.2)
+        line = fails_with_one_line(tiny_flags(run_dir, mnist_root, "--resume", "True"), "is in use by another run",
+                                   f"pid {first.pid}", "--max_iter 1000000")
+        assert line.endswith("choose another --save_dir")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate()
+    assert first.returncode == -signal.SIGKILL
+    main(tiny_flags(run_dir, mnist_root, "--resume", "True"))  # the kill released the lock
+    assert (run_dir / "run.lock").read_text().startswith(f"pid {os.getpid()},")
+
+
+SLOW_START = """
+real_build = main.build_dataset
+
+def slow_build(config, split):  # a slow start-up, as counting many videos of --dataset frames is
+    Path(os.environ["STARTED"]).touch()
+    while not Path(os.environ["GO_ON"]).exists():
+        time.sleep(0.05)
+    return real_build(config, split)
+
+main.build_dataset = slow_build
+"""
+
+
+def test_a_run_that_starts_slowly_holds_its_directory_against_a_second_run(tmp_path, mnist_root, fails_with_one_line):
+    run_dir, started, go_on = tmp_path / "run", tmp_path / "started", tmp_path / "go_on"
+    slow = start_child(SLOW_START, tiny_flags(run_dir, mnist_root, "--amp", "off"), STARTED=str(started),
+                       GO_ON=str(go_on))
+    try:
+        deadline = time.monotonic() + 300
+        while not started.exists():
+            assert slow.poll() is None, slow.communicate()[1]
+            assert time.monotonic() < deadline, "the slow run never reached its data"
+            time.sleep(0.1)
+        # Had the slow run not taken the lock first, this run would train and then be overwritten silently.
+        fails_with_one_line(tiny_flags(run_dir, mnist_root), f"{run_dir} is in use by another run (pid {slow.pid},")
+        assert sorted(path.name for path in run_dir.iterdir()) == ["run.lock"]
+        go_on.touch()
+        _, err = slow.communicate(timeout=600)
+    finally:
+        if slow.poll() is None:
+            slow.kill()
+            slow.communicate()
+    assert slow.returncode == 0, err
+    assert load_checkpoint(run_dir / "checkpoint.pt")["iteration"] == 1 and report_rows(run_dir) == [1]
+
+
+def test_a_refused_command_removes_the_run_directory_it_created(tmp_path, mnist_root, fails_with_one_line):
+    run_dir = tmp_path / "new" / "run"
+    fails_with_one_line(["--use_lstm", "True", *tiny_flags(run_dir, mnist_root)], "no trained DRNET at")
+    assert not (tmp_path / "new").exists()
+
+
+# What main.py reports itself.
+
+def test_a_full_disk_elsewhere_in_the_run_is_one_line_too(run_dir, mnist_root, fails_with_one_line, monkeypatch):
+    def disk_full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(train_drnet, "MetricsLog", disk_full)
+    fails_with_one_line(tiny_flags(run_dir, mnist_root, "--resume", "True", "--max_iter", "2"),
+                        f"no space left on the device writing {run_dir / 'metrics.csv'}; free some space")
+
+
+SECOND_CTRL_C_IN_SAVE = """
+real_save = torch.save
+
+def interrupted_save(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: stop after this iteration
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again, while the checkpoint is being written
+    real_save(*args, **kwargs)
+
+torch.save = interrupted_save
+"""
+
+
+def test_a_second_ctrl_c_during_a_save_is_one_line_and_keeps_the_checkpoint(run_dir, mnist_root, one_error_line):
+    before = digest(run_dir / "checkpoint.pt")
+    child = start_child(SECOND_CTRL_C_IN_SAVE, tiny_flags(run_dir, mnist_root, "--resume", "True", "--max_iter", "2",
+                                                          "--amp", "off"))
+    _, err = child.communicate(timeout=600)
+    assert child.returncode == 130, err
+    assert "stopped by Ctrl-C; checkpoints are written whole or not at all" in one_error_line(err)
+    assert digest(run_dir / "checkpoint.pt") == before and not list(run_dir.rglob("*.tmp"))
+
+
+# --evaluate.
+
+@pytest.fixture
+def evaluations(monkeypatch) -> list[tuple]:
+    """The evaluations main asks for, recorded instead of run."""
+    calls = []
+    monkeypatch.setattr(evaluate, "evaluate", lambda *args: calls.append(args))
+    return calls
+
+
+def test_evaluate_refuses_a_dataset_the_checkpoint_was_not_trained_on(saved_run, fails_with_one_line, evaluations):
+    checkpoint = str(saved_run / "checkpoint.pt")
+    fails_with_one_line(["--evaluate", "--checkpoint", checkpoint, "--dataset", "norb"],
+                        f"{checkpoint} is a mnist checkpoint, not norb: evaluation uses the checkpoint's dataset")
+    main(["--evaluate", "--checkpoint", checkpoint, "--dataset", "mnist"])
+    main(["--evaluate", "--checkpoint", checkpoint])
+    assert [str(call[0]) for call in evaluations] == [checkpoint, checkpoint]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="--gpu applies here")
+def test_a_gpu_number_without_cuda_is_said_to_be_ignored(saved_run, capsys, evaluations):
+    main(["--evaluate", "--checkpoint", str(saved_run / "checkpoint.pt"), "--gpu", "5"])
+    assert "warning: --gpu 5 ignored: the run is on cpu, not on a CUDA GPU" in capsys.readouterr().err
+    assert evaluations[0][2] == torch.device("cpu")
+
+
+def test_evaluate_on_a_read_only_file_system_is_one_line_before_the_evaluation(saved_run, tmp_path, make_read_only,
+                                                                               fails_with_one_line, monkeypatch):
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    shutil.copy(saved_run / "checkpoint.pt", folder / "checkpoint.pt")
+    make_read_only(folder)
+    monkeypatch.setattr(evaluate, "evaluate", lambda *args: pytest.fail("evaluated before trying the folder"))
+    fails_with_one_line(["--evaluate", "--checkpoint", str(folder / "checkpoint.pt")],
+                        f"cannot write the evaluation in {folder / 'eval'}: ")
+

@@ -1,4 +1,4 @@
-"""Tests for metrics.py: exact values, agreement with scikit-image's SSIM, shapes and errors."""
+"""evaluation/metrics.py: exact values, agreement with scikit-image's SSIM, shapes and errors."""
 
 import math
 from functools import partial

@@ -1,4 +1,4 @@
-"""DCGAN encoder/decoder, scene discriminator, weight init, and the DRNet encode/decode API."""
+"""models.py: the DCGAN encoder/decoder, scene discriminator, weight init, and the DRNet encode/decode API."""
 
 import pytest
 import torch

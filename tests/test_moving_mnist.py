@@ -1,4 +1,4 @@
-"""Moving MNIST: MNIST sources and split, trajectories, colours, occlusion, the batches training draws."""
+"""datasets/moving_mnist.py: MNIST sources and split, trajectories, colours, occlusion, the batches training draws."""
 
 import pytest
 import torch

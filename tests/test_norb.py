@@ -1,12 +1,8 @@
-"""smallNORB loader on tiny files written here in the real NORB binary-matrix format (plain and gzipped).
+"""The smallNORB loader (datasets/norb.py) and its download (datasets/prepare/norb_download.py), on the tiny files
+of fakes/norb.py in the real binary-matrix format, plain and gzipped, whose images say what they show."""
 
-Every left-camera image encodes what it shows: its top half holds 10 * azimuth_index + 5 and its bottom
-half a code of its (category, instance, elevation, lighting); right-camera images are all 255. The rows
-are shuffled in the files, as the real files are not stored clip by clip.
-"""
-
-import gzip
 import io
+import json
 import struct
 import urllib.error
 import urllib.request
@@ -15,24 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes.norb import CLIP_CODE, ELEVATIONS, LIGHTINGS, OBJECTS, split_arrays, write_matrix, write_split
+from fakes.runs import check_drnet_run, check_lstm_run, csv_rows, dataset_flags, evaluate_lstm
 
+import main
 from datasets import norb
 from datasets.norb import NORB_URL, NorbClips, norb_dir, norb_file_names, read_norb_matrix
 from datasets.prepare import norb_download
 from datasets.prepare.norb_download import download_norb
 from utils import USER_ERROR, DRNetError
 
-OBJECTS = {"train": [(0, 4), (0, 6), (3, 7)], "test": [(1, 0), (2, 5)]}  # (category, instance)
-ELEVATIONS = (1, 6)
-LIGHTINGS = (0, 4)
-AZIMUTH_VALUES = tuple(range(0, 36, 2))
-SOURCE_SIZE = 96
-ALL_CLIP_KEYS = sorted((category, instance, elevation, lighting)
-                       for objects in OBJECTS.values() for category, instance in objects
-                       for elevation in ELEVATIONS for lighting in LIGHTINGS)
-CLIP_CODE = {key: 180 + index for index, key in enumerate(ALL_CLIP_KEYS)}  # 180..199, below 255
 # The official files' headers as the dataset's page ("THE small NORB DATASET, V1.0") gives them, spelt out in
-# little-endian bytes so that they do not depend on the writer below: magic, ndim, then at least three sizes.
+# little-endian bytes so that they do not depend on fakes/norb.py's writer: magic, ndim, then at least three sizes.
 OFFICIAL_ROWS = 24300
 OFFICIAL_HEADERS = {
     "dat": bytes.fromhex("554c3d1e" "04000000" "ec5e0000" "02000000" "60000000" "60000000"),  # 24300 2 96 96 ubyte
@@ -42,43 +32,6 @@ OFFICIAL_HEADERS = {
 OFFICIAL_SHAPES = {"dat": (OFFICIAL_ROWS, 2, 96, 96), "cat": (OFFICIAL_ROWS,), "info": (OFFICIAL_ROWS, 4)}
 OFFICIAL_FILE_BYTES = {"dat": 447_897_624, "cat": 97_220, "info": 388_820}
 MAGIC_OF_KIND = {"dat": 0x1E3D4C55, "cat": 0x1E3D4C54, "info": 0x1E3D4C54}  # ubyte matrix, integer matrix
-
-
-def write_matrix(path, array: np.ndarray, magic: int) -> None:
-    """Write `array` as a NORB binary matrix: magic, ndim, max(ndim, 3) sizes padded with 1, data."""
-    sizes = list(array.shape) + [1] * (3 - array.ndim)
-    dtype = "<u1" if magic == norb.MAGIC_UINT8 else "<i4"
-    payload = struct.pack(f"<ii{len(sizes)}i", magic, array.ndim, *sizes) + array.astype(dtype).tobytes()
-    if path.suffix == ".gz":
-        payload = gzip.compress(payload)
-    path.write_bytes(payload)
-
-
-def split_arrays(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(dat, cat, info) of a tiny split, rows shuffled, images encoding azimuth and clip."""
-    rows = [(category, instance, elevation, azimuth, lighting)
-            for category, instance in OBJECTS[split] for elevation in ELEVATIONS
-            for lighting in LIGHTINGS for azimuth in AZIMUTH_VALUES]
-    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
-    dat = np.full((len(rows), 2, SOURCE_SIZE, SOURCE_SIZE), 255, dtype=np.uint8)
-    for row, (category, instance, elevation, azimuth, lighting) in enumerate(rows):
-        dat[row, 0, :SOURCE_SIZE // 2] = 10 * (azimuth // 2) + 5
-        dat[row, 0, SOURCE_SIZE // 2:] = CLIP_CODE[(category, instance, elevation, lighting)]
-    table = np.array(rows, dtype=np.int32)
-    return dat, table[:, 0], table[:, [1, 2, 3, 4]]
-
-
-def write_split(data_root, split: str, gz: bool) -> dict:
-    """Write the three files of a tiny split under data_root/norb; return their paths by kind."""
-    directory = norb_dir(str(data_root))
-    directory.mkdir(parents=True, exist_ok=True)
-    dat, cat, info = split_arrays(split)
-    suffix = ".gz" if gz else ""
-    paths = {kind: directory / (name + suffix) for kind, name in norb_file_names(split).items()}
-    write_matrix(paths["dat"], dat, norb.MAGIC_UINT8)
-    write_matrix(paths["cat"], cat, norb.MAGIC_INT32)
-    write_matrix(paths["info"], info, norb.MAGIC_INT32)
-    return paths
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "gz"])
@@ -289,6 +242,7 @@ def test_missing_files_say_where_to_put_them(tmp_path):
     assert "\n" not in message
 
 
+@pytest.mark.e2e
 def test_download_command_offline_fails_with_one_line(tmp_path, monkeypatch, capsys):
     def offline(url, timeout):
         raise urllib.error.URLError("Temporary failure in name resolution")
@@ -320,3 +274,53 @@ def test_download_fetches_missing_gz_files_then_loads(tmp_path, monkeypatch):
         f"{name}.gz" for name in norb_file_names("test").values())
     clips = NorbClips(str(tmp_path / "root"), "test", 64, 1, 20)
     assert clips.num_clips == 8
+
+
+# Runs through main.py.
+
+@pytest.fixture(scope="module")
+def plain_root(tmp_path_factory) -> Path:
+    """A data root holding both tiny splits, plain, for the runs."""
+    root = tmp_path_factory.mktemp("norb_runs_data")
+    write_split(root, "train", gz=False)
+    write_split(root, "test", gz=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def norb_run(plain_root, few_test_clips, tmp_path_factory) -> Path:
+    """A two-iteration smallNORB DRNET run, batches drawn in the training loop."""
+    run_dir = tmp_path_factory.mktemp("norb_runs") / "straight"
+    main.main(dataset_flags("norb", plain_root, run_dir))
+    return run_dir
+
+
+@pytest.mark.e2e
+def test_norb_trains_with_its_defaults(norb_run):
+    check_drnet_run(norb_run, {"image_width": 64, "channels": 1, "content_encoder": "resnet18",
+                               "pose_encoder": "resnet18", "decoder": "dcgan", "use_skip": False, "pose_dim": 10,
+                               "data_threads": 0})
+
+
+@pytest.mark.e2e
+def test_norb_resumed_with_a_loader_thread_equals_one_run(plain_root, norb_run, tmp_path):
+    run_dir = tmp_path / "resumed"
+    main.main(dataset_flags("norb", plain_root, run_dir, "--max_iter", "1", "--data_threads", "3"))
+    main.main(dataset_flags("norb", plain_root, run_dir, "--resume", "True"))  # keeps --data_threads 3
+    assert json.loads((run_dir / "config.json").read_text())["data_threads"] == 3
+    straight = torch.load(norb_run / "checkpoint.pt", weights_only=True)
+    resumed = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    assert torch.equal(straight["rng"]["data"], resumed["rng"]["data"])
+    assert csv_rows(run_dir / "metrics.csv") == csv_rows(norb_run / "metrics.csv")
+
+
+@pytest.mark.e2e
+def test_norb_lstm_rolls_out_past_the_18_azimuths(plain_root, norb_run):
+    main.main(dataset_flags("norb", plain_root, norb_run, "--rollout_len", "20", lstm=True))
+    columns = check_lstm_run(norb_run / "lstm", frames=2 + 20)
+    assert "mse_step10" in columns  # clips are cyclic: 12 frames of ground truth exist
+    probes = evaluate_lstm(norb_run)["probes"]
+    assert {"category_from_content", "category_new_instances_from_content", "category_new_instances_from_pose",
+            "category_new_instances_chance"} <= set(probes)

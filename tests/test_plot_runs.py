@@ -1,4 +1,4 @@
-"""plot_runs.py: one line per run of a test metric, against iterations and against clips seen."""
+"""tools/plot_runs.py: one line per run of a test metric, against iterations and against clips seen."""
 
 import json
 

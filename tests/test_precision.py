@@ -1,4 +1,6 @@
-"""The --amp decision: CPU flags, the start-up check, and what stays fp32 under bf16 autocast."""
+"""engine/precision.py: the --amp decision (CPU flags, the start-up check, what stays fp32 under bf16 autocast),
+and the speed settings, which change how fast a run goes, never what it computes (beyond float rounding): fused
+Adam, channels_last under bf16, --compile, and the captured step of --cuda_graph as far as a CPU can check it."""
 
 from pathlib import Path
 
@@ -6,8 +8,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import main
 from engine import precision
-from engine.precision import Precision, autocast, cpu_flags, cpu_model, resolve_precision
+from engine.checkpoints import load_optimizer
+from engine.precision import (
+    CapturedStep,
+    Precision,
+    adam,
+    autocast,
+    compile_networks,
+    cpu_flags,
+    cpu_model,
+    resolve_precision,
+    set_capturable,
+    to_channels_last,
+    uses_channels_last,
+)
+from utils import read_metrics
 
 CPU = torch.device("cpu")
 XEON = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n"
@@ -98,9 +115,8 @@ def test_a_bf16_step_is_finite_and_close_to_fp32():
         assert losses["bf16"][key].item() == pytest.approx(losses["fp32"][key].item(), rel=0.05, abs=1e-3)
 
 
+@pytest.mark.e2e
 def test_the_run_log_says_which_precision_and_why(tmp_path, monkeypatch, tiny_args):
-    import main
-
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
     main.main(tiny_args("--amp", "auto", "--max_iter", "1"))
     log = (tmp_path / "run" / "train.log").read_text()
@@ -108,9 +124,123 @@ def test_the_run_log_says_which_precision_and_why(tmp_path, monkeypatch, tiny_ar
     assert '"amp": "auto"' in log
 
 
-def test_an_unknown_amp_mode_is_a_usage_error(tiny_args, capsys):
-    import main
+@pytest.mark.e2e
+def test_an_unknown_amp_mode_is_a_usage_error(tiny_args, fails_with_one_line):
+    fails_with_one_line(tiny_args("--amp", "fp16"), "--amp")
 
-    with pytest.raises(SystemExit) as exit_info:
-        main.main(tiny_args("--amp", "fp16"))
-    assert exit_info.value.code == 2 and "--amp" in capsys.readouterr().err
+
+@pytest.mark.e2e
+def test_the_default_amp_is_auto_and_takes_bf16_with_channels_last_on_an_amx_cpu(tiny_args, tmp_path, monkeypatch):
+    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: frozenset({"amx_bf16", "avx512f"}))
+    main.main(tiny_args("--max_iter", "1", "--batch_size", "2"))
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "precision bf16: --amp auto: the CPU has amx_bf16; the start-up check agrees with fp32" in log
+    assert "channels_last" in log
+
+
+# Fused Adam and channels_last.
+
+def test_adam_is_fused_on_the_cpu_and_resumes_from_an_unfused_state():
+    torch.manual_seed(0)
+    weights = torch.nn.Linear(3, 2)
+    old = torch.optim.Adam(weights.parameters(), lr=0.1)  # what checkpoints before fused Adam hold
+    weights(torch.ones(1, 3)).sum().backward()
+    old.step()
+    fused = adam(weights.parameters(), lr=0.1, beta1=0.5)
+    assert fused.param_groups[0]["fused"] is True
+    load_optimizer(fused, old.state_dict(), {"lr": 0.01, "beta1": 0.5})
+    group = fused.param_groups[0]
+    assert group["fused"] is True and group["lr"] == 0.01 and group["betas"] == (0.5, 0.999)
+    fused.step()  # the loaded state works with the fused kernel
+    assert all(torch.isfinite(p).all() for p in weights.parameters())
+
+
+def test_fused_adam_takes_the_step_of_per_tensor_adam():
+    steps = {}
+    for name, make in (("fused", lambda p: adam(p, 0.01, 0.5)),
+                       ("per tensor", lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.5, 0.999)))):
+        torch.manual_seed(0)
+        weights = torch.nn.Linear(4, 3)
+        optimizer = make(weights.parameters())
+        for _ in range(3):
+            optimizer.zero_grad()
+            weights(torch.arange(8.0).view(2, 4)).square().sum().backward()
+            optimizer.step()
+        steps[name] = weights.weight.detach().clone()
+    torch.testing.assert_close(steps["fused"], steps["per tensor"])
+
+
+def test_channels_last_goes_with_bf16_on_the_cpu_only():
+    bf16, fp32 = precision.Precision(torch.bfloat16, "bf16"), precision.FP32
+    assert uses_channels_last(bf16, CPU)
+    assert not uses_channels_last(fp32, CPU)
+    assert not uses_channels_last(bf16, torch.device("cuda"))
+    frames = torch.rand(4, 2, 3, 8, 8)
+    nhwc = to_channels_last(frames)
+    assert torch.equal(nhwc, frames)
+    assert all(nhwc[i].is_contiguous(memory_format=torch.channels_last) for i in range(4))
+
+
+# --compile.
+
+def test_compiling_keeps_the_state_dict_keys():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+    keys = list(model.state_dict())
+    compile_networks(model)
+    assert list(model.state_dict()) == keys
+
+
+@pytest.mark.e2e
+def test_compile_that_cannot_work_here_is_one_line(tiny_args, tmp_path, fails_with_one_line, monkeypatch):
+    monkeypatch.setattr(main, "compile_check", lambda: "InvalidCxxCompiler: no working C++ compiler found")
+    fails_with_one_line(tiny_args("--compile", "True"), "error: --compile True: torch.compile does not work here "
+                        "(InvalidCxxCompiler: no working C++ compiler found); drop the flag", alone=True)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_a_compiled_run_trains_and_resumes(tiny_args, tmp_path):
+    if precision.compile_check() is not None:
+        pytest.skip(f"torch.compile does not work here: {precision.compile_check()}")
+    main.main(tiny_args("--compile", "True", "--max_iter", "1"))
+    main.main(tiny_args("--compile", "True", "--resume", "True"))
+    assert [row["iteration"] for row in read_metrics(tmp_path / "run" / "metrics.csv")] == [1, 2]
+
+
+# The captured step (--cuda_graph True).
+
+def test_a_step_that_is_called_again_leaves_the_metrics_it_returned():
+    calls = []
+
+    def step(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        calls.append(1)
+        return {"sum": x.sum(), "max": x.max()}
+
+    graphed = CapturedStep(step, [torch.zeros(3)], [], warmup=2, capture=False)
+    first = graphed(torch.ones(3))
+    second = graphed(torch.full((3,), 2.0))
+    assert len(calls) == 4 and first["sum"].item() == 3 and second["max"].item() == 2
+
+
+def test_set_capturable_puts_adam_step_counts_where_the_setting_needs_them():
+    weight = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.Adam([weight], fused=False)
+    weight.grad = torch.ones(2)
+    optimizer.step()
+    set_capturable(optimizer, True)
+    assert optimizer.param_groups[0]["capturable"] and optimizer.state[weight]["step"].dtype == torch.float32
+    set_capturable(optimizer, False)
+    assert not optimizer.param_groups[0]["capturable"] and optimizer.state[weight]["step"].item() == 1
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--cuda_graph", "True"], "--cuda_graph True needs one CUDA GPU in one process; this run is on cpu: drop the "
+                               "flag"),
+    (["--cuda_graph", "True", "--compile", "True"], "--cuda_graph True captures the eager DRNET step only: drop "
+                                                    "--compile True"),
+])
+def test_cuda_graph_where_it_cannot_run_is_one_line(tiny_args, tmp_path, fails_with_one_line, flags, message):
+    fails_with_one_line(tiny_args(*flags), f"error: {message}", alone=True)
+    assert not (tmp_path / "run").exists()

@@ -1,12 +1,15 @@
-"""BatchStream (`--data_threads`): the same batches and resume states with or without the loader thread."""
+"""datasets/prefetch.py, BatchStream (`--data_threads`): the same batches and resume states with or without the
+loader thread, pinned batches, and a bound on the batches prepared ahead."""
 
 import threading
 import time
 
 import pytest
 import torch
+from fakes.runs import tiny_flags
 
-from datasets.prefetch import BatchStream
+import main
+from datasets.prefetch import MAX_AHEAD, BatchStream
 from utils import DRNetError
 
 
@@ -63,3 +66,24 @@ def test_close_stops_the_thread_even_when_its_queue_is_full():
     assert not any(thread.name == "drnet-batches" for thread in threading.enumerate())
     with pytest.raises(ValueError, match="negative"):
         BatchStream(slow_draw, torch.Generator(), -1)
+
+
+def test_pinned_batches_pin_what_was_drawn_on_the_cpu(monkeypatch):
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(self.shape) or self)
+    with BatchStream(lambda g: torch.zeros(2, 3), torch.Generator(), 1, pin_memory=True) as stream:
+        next(stream)
+    assert pinned and pinned[0] == (2, 3)
+    pinned.clear()
+    with BatchStream(lambda g: torch.zeros(2, 3), torch.Generator(), 0) as stream:
+        next(stream)
+    assert not pinned
+
+
+@pytest.mark.e2e
+def test_data_threads_is_bounded(tmp_path, mnist_root, fails_with_one_line):
+    fails_with_one_line(tiny_flags(tmp_path / "run", mnist_root, "--data_threads", str(MAX_AHEAD + 1)),
+                        f"--data_threads must be from 0 to {MAX_AHEAD}: it counts batches prepared ahead")
+    assert f"at most {MAX_AHEAD}" in main.build_parser().format_help()
+    with pytest.raises(ValueError, match=f"at most {MAX_AHEAD}"):
+        BatchStream(lambda generator: torch.zeros(1), torch.Generator(), MAX_AHEAD + 1)

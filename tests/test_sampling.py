@@ -1,5 +1,6 @@
-"""The frame sampling of a DRNET training example (--sampling) and the code normalisation (--normalize,
---normalize_pose): which frames each of the authors' regimes takes, and the norms of the codes."""
+"""datasets/moving_mnist.py's frame sampling of a DRNET training example (--sampling) and the code normalisation
+of models.py (--normalize, --normalize_pose): which frames each of the authors' regimes takes, and the norms of
+the codes."""
 
 import pytest
 import torch
@@ -75,15 +76,13 @@ def test_the_training_split_alone_takes_the_sampling(tmp_path):
     assert build_dataset(config, "train").sampling == "independent"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("flags", "message"), [
     (["--dataset", "frames", "--sampling", "lua"], "--sampling lua follows the authors' Moving MNIST code"),
     (["--sampling", "lua", "--max_step", "2"], "--sampling lua needs --max_step of at least 3, got 2"),
 ])
-def test_sampling_that_cannot_apply_is_one_line(tiny_args, tmp_path, capsys, flags, message):
-    with pytest.raises(SystemExit) as exit_info:
-        main.main(tiny_args(*flags))
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2 and len(err) == 1 and message in err[0]
+def test_sampling_that_cannot_apply_is_one_line(tiny_args, tmp_path, fails_with_one_line, flags, message):
+    fails_with_one_line(tiny_args(*flags), message, alone=True)
     assert not (tmp_path / "run").exists()
 
 

@@ -1,7 +1,7 @@
-"""The Moving MNIST model shipped in saved_results/: it loads from its half-precision file, draws the content
-frame's digit (content transfer clearly above 0, where a content-blind decoder scores 0), and its pose LSTM
-predicts 10 steps ahead better than repeating the last observed frame, and its roll-outs keep the clip's digit
-well above chance for 100 steps."""
+"""The Moving MNIST model shipped in saved_results/ (demo.SHIPPED_MODEL): it loads from its half-precision file,
+draws the content frame's digit (content transfer clearly above 0, where a content-blind decoder scores 0), and
+its pose LSTM predicts 10 steps ahead better than repeating the last observed frame, and its roll-outs keep the
+clip's digit well above chance for 100 steps."""
 
 import pytest
 import torch
@@ -13,7 +13,9 @@ from evaluation.identity import digit_classifier, identity_curve
 from evaluation.metrics import mse
 from evaluation.transfer import content_transfer, digit_channels, swap_set
 
-pytestmark = pytest.mark.skipif(not SHIPPED_MODEL.is_file(), reason="this copy ships no trained model")
+# e2e: these check what a whole training run made, the shipped model, rather than a unit of the code.
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(not SHIPPED_MODEL.is_file(), reason="this copy ships no trained model")]
 
 
 @pytest.fixture(scope="module")

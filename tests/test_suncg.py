@@ -1,51 +1,30 @@
-"""SUNCG chairs loader on a tiny tree written here in the real layout (64x64 RGB PNGs, 36 views).
-
-Every view encodes what it shows: red = 7 * view (view 1..36), green = a code of the object, blue = a
-code of the elevation's value. The elevation folders have the real set's names, signed decimals whose
-name order (-0.25 before -1.00) differs from their value order; one tree has integer names (2 and 10,
-where a name sort puts 10 first).
-"""
+"""The SUNCG chairs loader (datasets/suncg.py) on the tiny trees of fakes/suncg.py, whose views say what they show:
+the real set's elevation folder names, whose name order differs from their value order, and a tree with integer
+names (2 and 10, where a name sort puts 10 first)."""
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from fakes.runs import check_drnet_run, check_lstm_run, dataset_flags, evaluate_lstm
+from fakes.suncg import (
+    ELEVATION_VALUES,
+    ELEVATIONS,
+    OBJECTS,
+    SORTED_OBJECTS,
+    VIEWS,
+    elevation_code,
+    object_code,
+    write_tree,
+)
 from PIL import Image
 
+import main
 from datasets import suncg
 from datasets.suncg import SuncgClips, elevation_value, split_objects, suncg_chair_dir, view_file_name
 from utils import DRNetError
-
-OBJECTS = [f"{name}_chair" for name in ("f3", "a1", "c9", "b2", "h0", "e5", "d4", "g7")]  # unsorted
-SORTED_OBJECTS = sorted(OBJECTS)
-ELEVATIONS = ("1.25", "-1.00", "0.50", "2.00", "-0.25")  # the real set's folder names, elevation_<e>
-ELEVATION_VALUES = [-1.0, -0.25, 0.5, 1.25, 2.0]  # their values in order: the loader's `elevations`
-VIEWS = range(1, 37)
-
-
-def object_code(name: str) -> int:
-    """Green value that identifies an object."""
-    return 20 * SORTED_OBJECTS.index(name) + 10
-
-
-def elevation_code(elevation: float) -> int:
-    """Blue value that identifies an elevation value (a multiple of 0.25 in -10..10)."""
-    return round(128 + 12 * elevation)
-
-
-def write_tree(data_root, objects=OBJECTS, elevations: tuple[str | int, ...] = ELEVATIONS) -> None:
-    """Write the chair tree with one PNG per (object, elevation folder name, view) and some unrelated entries."""
-    chair_dir = suncg_chair_dir(str(data_root))
-    for name in objects:
-        for elevation in elevations:
-            folder = chair_dir / name / f"elevation_{elevation}"
-            folder.mkdir(parents=True)
-            for view in VIEWS:
-                colour = (7 * view, object_code(name), elevation_code(float(elevation)))
-                Image.new("RGB", (64, 64), colour).save(folder / view_file_name(view))
-        (chair_dir / name / "notes.txt").write_text("not an elevation folder")
-    (chair_dir / "README").write_text("not an object folder")
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +252,36 @@ def test_two_folders_for_one_elevation_are_reported(tmp_path):
         with pytest.raises(DRNetError, match="two folders for elevation 2 in") as error:
             SuncgClips(str(tmp_path), split, 64, 3, 5)
         assert "elevation_2 and elevation_2.00" in str(error.value) and "\n" not in str(error.value)
+
+
+# Runs through main.py.
+
+@pytest.fixture(scope="module")
+def run_root(tmp_path_factory) -> Path:
+    """A tiny SUNCG chair tree with the real folder names: seven chairs (five train, two test: the probes' two
+    parts) at the five elevations elevation_-1.00 .. elevation_2.00, one of the train chairs lacking one."""
+    root = tmp_path_factory.mktemp("suncg_runs_data")
+    write_tree(root, objects=OBJECTS[:7])
+    missing = suncg_chair_dir(str(root)) / sorted(OBJECTS[:7])[0] / f"elevation_{ELEVATIONS[0]}"
+    for view in VIEWS:
+        (missing / view_file_name(view)).unlink()
+    missing.rmdir()
+    return root
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("few_test_clips")
+def test_suncg_trains_resumes_then_its_lstm_with_the_real_folder_names(run_root, tmp_path, capsys):
+    run_dir = tmp_path / "suncg"
+    main.main(dataset_flags("suncg", run_root, run_dir, "--data_threads", "1", "--max_iter", "1"))
+    assert "SUNCG chairs train: 1 of 5 chairs lack some elevation" in capsys.readouterr().err
+    main.main(dataset_flags("suncg", run_root, run_dir, "--resume", "True"))
+    check_drnet_run(run_dir, {"image_width": 64, "channels": 3, "content_encoder": "resnet18",
+                              "pose_encoder": "resnet18", "decoder": "dcgan", "use_skip": False, "pose_dim": 10,
+                              "data_threads": 1})
+    main.main(dataset_flags("suncg", run_root, run_dir, "--rollout_len", "40", lstm=True))
+    columns = check_lstm_run(run_dir / "lstm", frames=2 + 40)
+    assert "mse_step10" in columns
+    probes = evaluate_lstm(run_dir)["probes"]
+    assert {"elevation_from_content", "elevation_from_pose"} <= set(probes)
+    assert probes["elevation_chance"] < 1  # the probes met several elevations, not one
