@@ -185,6 +185,7 @@ def assert_same_update(alone: dict, ranks: list[dict]) -> None:
             assert error <= 1e-3 * (expected - before).abs().max().item() + rounding, (key, error)
 
 
+@pytest.mark.e2e  # two spawned processes train: outside the quick loop
 def test_two_processes_take_the_drnet_step_of_the_whole_batch(results):
     alone, ranks = results
     assert alone["drnet"]["batchnorms"] == ["BatchNorm2d"]  # a single process keeps nn.BatchNorm2d
@@ -196,11 +197,13 @@ def test_two_processes_take_the_drnet_step_of_the_whole_batch(results):
         assert sum(rank["drnet"]["losses"][name] for rank in ranks) / 2 == pytest.approx(value, rel=1e-5), name
 
 
+@pytest.mark.e2e  # two spawned processes train: outside the quick loop
 def test_two_processes_take_the_lstm_step_of_the_whole_batch(results):
     alone, ranks = results
     assert_same_update(alone["lstm"], [rank["lstm"] for rank in ranks])
 
 
+@pytest.mark.e2e  # two spawned processes train: outside the quick loop
 @pytest.mark.parametrize("case", ["2d", "2d_no_affine", "1d_cumulative"])
 def test_the_all_reduce_batchnorm_is_batchnorm_on_the_whole_batch(results, case):
     alone, ranks = results
@@ -217,6 +220,7 @@ def test_the_all_reduce_batchnorm_is_batchnorm_on_the_whole_batch(results, case)
             torch.testing.assert_close(half["state"][key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
+@pytest.mark.e2e  # two spawned processes train: outside the quick loop
 def test_each_process_has_its_own_data_stream_and_resumes_it(results):
     _, ranks = results
     streams = [rank["streams"] for rank in ranks]
