@@ -24,7 +24,7 @@ Scores per predicted frame, averaged over all predicted frames of all clips, on 
 - mse_per_frame, mae_per_frame: the squared and the absolute error summed over the frame's pixels (and
   channels): the unit of the field's tables. Ours elsewhere (metrics.mse) is the per-pixel mean, these values
   divided by C * H * W (4096 for a grey 64x64 frame);
-- psnr, ssim: the evaluation's (metrics.py: PSNR capped at 100 dB, SSIM with an 11-tap Gaussian window and
+- psnr, ssim: the evaluation's (PSNR capped at 100 dB, SSIM with an 11-tap Gaussian window and
   data range 1, equal to scikit-image's Gaussian SSIM);
 - ssim_openstl: the SSIM of OpenSTL's tables (metrics.ssim_openstl: 7x7 uniform window, data range 2);
 - lpips: LPIPS with AlexNet features (grey frames repeated to three channels), only when the `lpips` package
