@@ -55,16 +55,10 @@ def user_project(tmp_path: Path) -> Path:
 
 
 @pytest.mark.e2e
-def test_the_users_modules_loaded_before_the_hub_stay_theirs(user_project: Path) -> None:
-    seen = run_user_script(user_project, "import utils, models, datasets  # the user's, loaded first")
-    assert seen["shape"] == [2, 3, 1, 64, 64]
-    assert seen == {**seen, "utils": "user", "models": "user", "datasets": "user"}
-    assert seen["ours_left"] == []
-
-
-@pytest.mark.e2e
-def test_the_users_modules_imported_after_the_hub_are_theirs(user_project: Path) -> None:
-    seen = run_user_script(user_project, "")
+@pytest.mark.parametrize("before", ["import utils, models, datasets  # the user's, loaded before the hub", ""],
+                         ids=["loaded-before", "imported-after"])
+def test_the_users_modules_stay_theirs_and_none_of_ours_stays(user_project: Path, before: str) -> None:
+    seen = run_user_script(user_project, before)
     assert seen["shape"] == [2, 3, 1, 64, 64]
     assert seen == {**seen, "utils": "user", "models": "user", "datasets": "user"}
     assert seen["ours_left"] == []
