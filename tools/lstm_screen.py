@@ -5,14 +5,18 @@
 For each Moving MNIST checkpoint, on the same fixed test clips: the share of roll-out frames the digit
 classifier of the evaluation reads as the clip's own digits at steps 1, 10, 50 and 100, the same for the
 decoder fed the true future poses (the ceiling of any pose LSTM with this DRNET), the frame MSE at those
-steps, and the teacher-forced pose error on test clips (held out) and on training clips the run never drew
-(another seed), as `main.py --evaluate` would take minutes to give. Prints one Markdown row per checkpoint.
+steps, and the teacher-forced pose error on test clips (held out), on training clips the run never drew
+(another seed) and, from the run's metrics.csv, on the clips it trained on (its training loss over the last
+100 iterations), as `main.py --evaluate` would take minutes to give. A training loss well below the error on
+unseen clips means the LSTM has learned its code pool by heart. Prints one Markdown row per checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from pathlib import Path
 
 import torch
 
@@ -24,9 +28,21 @@ from datasets.moving_mnist import moving_mnist
 from engine.checkpoints import load_checkpoint, model_from_checkpoint
 from evaluation.identity import digit_classifier, identity_curve
 from train_lstm import encode_clips, teacher_forced_loss
+from utils import read_metrics
 
 STEPS = (1, 10, 50, 100)
 UNSEEN_TRAIN_SEED = 987654321  # no run's data seed: training clips that no screened run drew
+LOSS_WINDOW = 100  # iterations of training loss averaged: one batch's loss is noisy
+
+
+def training_loss(path: str, iteration: int) -> float:
+    """Mean training pose MSE of the LOSS_WINDOW logged iterations up to `iteration`, from the metrics.csv of
+    the run a checkpoint belongs to (`lstm/checkpoint.pt` or `lstm/checkpoints/iter_N.pt`); NaN without one."""
+    folder = Path(path).parent
+    log = next((f for f in (folder / "metrics.csv", folder.parent / "metrics.csv") if f.is_file()), None)
+    losses = [row["mse"] for row in read_metrics(log) if iteration - LOSS_WINDOW < row["iteration"] <= iteration
+              ] if log else []
+    return sum(losses) / len(losses) if losses else math.nan
 
 
 @torch.no_grad()
@@ -57,6 +73,7 @@ def screen(path: str, clips: int, steps: int, seed: int) -> dict[str, float]:
     for name, dataset, data_seed in (("test", test_set, seed), ("unseen train", train_set, UNSEEN_TRAIN_SEED)):
         sequences = dataset.sequence_batch(clips, length, torch.Generator().manual_seed(data_seed))
         row[f"pose mse {name}"] = teacher_forced_loss(model.lstm, *encode_clips(model, sequences, n_past)).item()
+    row["pose mse trained on"] = training_loss(path, checkpoint["iteration"])
     return row
 
 
