@@ -3,12 +3,13 @@
     python -m tools.lstm_screen runs/a/lstm/checkpoint.pt runs/b/lstm/checkpoint.pt --clips 100
 
 For each Moving MNIST checkpoint, on the same fixed test clips: the share of roll-out frames the digit
-classifier of the evaluation reads as the clip's own digits at steps 1, 10, 50 and 100, the same for the
-decoder fed the true future poses (the ceiling of any pose LSTM with this DRNET), the frame MSE at those
-steps, and the teacher-forced pose error on test clips (held out), on training clips the run never drew
-(another seed) and, from the run's metrics.csv, on the clips it trained on (its training loss over the last
-100 iterations), as `main.py --evaluate` would take minutes to give. A training loss well below the error on
-unseen clips means the LSTM has learned its code pool by heart. Prints one Markdown row per checkpoint.
+classifier of the evaluation reads as the clip's own digits at steps 1, 10, 50 and 100 (and 200, 500 with
+--steps 500), the same for the decoder fed the true future poses (the ceiling of any pose LSTM with this
+DRNET), the frame MSE at those steps, and the teacher-forced pose error on test clips (held out), on
+training clips the run never drew (another seed) and, from the run's metrics.csv, on the clips it trained on
+(its training loss over the last 100 iterations), as `main.py --evaluate` would take minutes to give. A
+training loss well below the error on unseen clips means the LSTM has learned its code pool by heart.
+Prints one Markdown row per checkpoint.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from evaluation.identity import digit_classifier, identity_curve
 from train_lstm import encode_clips, teacher_forced_loss
 from utils import read_metrics
 
-STEPS = (1, 10, 50, 100)
+STEPS = (1, 10, 50, 100, 200, 500)  # those within --steps: 500 shows whether a long roll-out keeps its digit
 UNSEEN_TRAIN_SEED = 987654321  # no run's data seed: training clips that no screened run drew
 LOSS_WINDOW = 100  # iterations of training loss averaged: one batch's loss is noisy
 
