@@ -33,6 +33,7 @@ from utils import read_metrics
 
 STEPS = (1, 10, 50, 100, 200, 500)  # those within --steps: 500 shows whether a long roll-out keeps its digit
 UNSEEN_TRAIN_SEED = 987654321  # no run's data seed: training clips that no screened run drew
+CHUNK_CLIPS = 10  # clips rolled out at once: 100 clips of 500 frames at once take more memory than a laptop has
 LOSS_WINDOW = 100  # iterations of training loss averaged: one batch's loss is noisy
 
 
@@ -59,17 +60,20 @@ def screen(path: str, clips: int, steps: int, seed: int) -> dict[str, float]:
 
     test_set, train_set = split("test"), split("train")
     frames, labels = test_set.labelled_sequence_batch(clips, n_past + steps, torch.Generator().manual_seed(seed))
-    predicted = model.predict(frames[:, :n_past], steps)
-    content = model.encode_content(frames[:, n_past - 1])
-    true_poses = model.decode_sequence(content, model.encode_pose_sequence(frames[:, n_past:]))
     classifier = digit_classifier(config["data_root"], config["image_width"], torch.device("cpu"))
-    rollout, ceiling = identity_curve(classifier, predicted, labels), identity_curve(classifier, true_poses, labels)
-    truth = frames[:, n_past:]
+    rollout, ceiling, squared_error = torch.zeros(steps), torch.zeros(steps), torch.zeros(steps)
+    for part, part_labels in zip(frames.split(CHUNK_CLIPS), labels.split(CHUNK_CLIPS), strict=True):
+        predicted = model.predict(part[:, :n_past], steps)
+        content = model.encode_content(part[:, n_past - 1])
+        true_poses = model.decode_sequence(content, model.encode_pose_sequence(part[:, n_past:]))
+        rollout += identity_curve(classifier, predicted, part_labels) * len(part)
+        ceiling += identity_curve(classifier, true_poses, part_labels) * len(part)
+        squared_error += (predicted - part[:, n_past:]).pow(2).flatten(2).mean(2).sum(0)
     row = {"iteration": float(checkpoint["iteration"])}
     for step in (s for s in STEPS if s <= steps):
-        row[f"identity@{step}"] = rollout[step - 1].item()
-        row[f"true poses@{step}"] = ceiling[step - 1].item()
-        row[f"mse@{step}"] = (predicted[:, step - 1] - truth[:, step - 1]).pow(2).mean().item()
+        row[f"identity@{step}"] = rollout[step - 1].item() / clips
+        row[f"true poses@{step}"] = ceiling[step - 1].item() / clips
+        row[f"mse@{step}"] = squared_error[step - 1].item() / clips
     length = n_past + n_future
     for name, dataset, data_seed in (("test", test_set, seed), ("unseen train", train_set, UNSEEN_TRAIN_SEED)):
         sequences = dataset.sequence_batch(clips, length, torch.Generator().manual_seed(data_seed))
