@@ -337,6 +337,21 @@ def test_resume_past_the_pool_equals_one_uninterrupted_run(stop_at, drnet_dir, t
 
 
 @pytest.mark.e2e
+def test_a_pool_encoded_again_on_resume_is_kept_for_the_next_resume(drnet_dir, tiny, tmp_path):
+    common = ["--use_lstm", "True", "--drnet_checkpoint", str(drnet_dir / "checkpoint.pt"), "--rollout_len", "3",
+              "--save_iters", "1", "--save_dir", str(tmp_path / "run"), *tiny]
+    main.main([*common, "--max_iter", "4", "--code_pool", "8"])
+    # A larger pool on resume: its 3 batches of 4 are encoded again from the data seed, then written.
+    main.main([*common, "--max_iter", "5", "--code_pool", "12", "--resume", "True"])
+    log = tmp_path / "run" / "lstm" / "train.log"
+    assert log.read_text().count("encoded clips read from") == 0
+    main.main([*common, "--max_iter", "6", "--code_pool", "12", "--resume", "True"])
+    assert log.read_text().count("encoded clips read from") == 1
+    stored = torch.load(tmp_path / "run" / "lstm" / "code_pool_rank0.pt", weights_only=True)
+    assert stored["key"]["batches"] == 3 and stored["poses"].shape[0] == 12
+
+
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", ["no_drnet", "image_size", "dataset", "n_past"])
 def test_errors_are_one_line(case, drnet_dir, tiny, tmp_path, fails_with_one_line):
     checkpoint = drnet_dir / "checkpoint.pt"
