@@ -361,11 +361,23 @@ class PoseLSTM(nn.Module):
 
     def forward(self, content: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: content (B, content_dim), poses (B, T, pose_dim) -> next poses (B, T, pose_dim)."""
-        if poses.dim() != 3:
-            raise ValueError(f"expected poses (B, T, {self.pose_dim}), got {tuple(poses.shape)}")
+        return self.rollout(content, poses, 1)
+
+    def rollout(self, content: torch.Tensor, observed: torch.Tensor, steps: int) -> torch.Tensor:
+        """Generation: read the observed poses (B, n, pose_dim), then its own predictions for `steps` - 1 more.
+
+        Returns every prediction, (B, n - 1 + steps, pose_dim): the poses of frames 1 to n - 1 + steps, the last
+        `steps` of them generated.
+        """
+        if observed.dim() != 3 or observed.shape[1] < 1 or steps < 1:
+            raise ValueError(f"expected poses (B, T>=1, {self.pose_dim}) and steps >= 1, "
+                             f"got {tuple(observed.shape)} and {steps}")
         state, predicted = None, []
-        for t in range(poses.shape[1]):
-            pose, state = self.step(content, poses[:, t], state)
+        for t in range(observed.shape[1]):
+            pose, state = self.step(content, observed[:, t], state)
+            predicted.append(pose)
+        for _ in range(steps - 1):
+            pose, state = self.step(content, pose, state)
             predicted.append(pose)
         return torch.stack(predicted, dim=1)
 
@@ -403,15 +415,8 @@ class DRNetPredictor(DRNet):
         if n_future < 1:
             raise ValueError(f"n_future must be at least 1, got {n_future}")
         content = self.encode_content(past[:, -1])
-        observed = self.encode_pose_sequence(past)
-        state = None
-        for t in range(observed.shape[1]):
-            pose, state = self.lstm.step(content.h, observed[:, t], state)
-        poses = [pose]
-        for _ in range(n_future - 1):
-            pose, state = self.lstm.step(content.h, pose, state)
-            poses.append(pose)
-        return self.decode_sequence(content, torch.stack(poses, dim=1))
+        poses = self.lstm.rollout(content.h, self.encode_pose_sequence(past), n_future)
+        return self.decode_sequence(content, poses[:, -n_future:])
 
     def decode_sequence(self, content: Content, poses: torch.Tensor) -> torch.Tensor:
         """Frames (B, T, C, H, W) of one content per clip in poses (B, T, pose_dim), in large batches.

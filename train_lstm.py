@@ -1,8 +1,9 @@
 """LSTM training, the second stage: the pose LSTM on a trained, frozen DRNET, and its rollouts.
 
-Run by `python main.py --use_lstm True`; the run lives in `<DRNET run directory>/lstm/`. Here: the
-teacher-forced loss and step, the pool of encoded training clips, the test MSE per prediction step next to
-the copy-last-frame baseline, the periodic roll-outs, and the stage's entry point `train_lstm`.
+Run by `python main.py --use_lstm True`; the run lives in `<DRNET run directory>/lstm/`. Here: the loss
+(teacher-forced, or free-running as in generation) and step, the pool of encoded training clips, the test MSE
+per prediction step next to the copy-last-frame baseline, the periodic roll-outs, and the entry point
+`train_lstm`.
 """
 
 from __future__ import annotations
@@ -43,9 +44,15 @@ METRIC_CLIPS = 32  # fixed test clips for the MSE per step; enough to compare wi
 PICTURE_CLIPS = 4  # fixed test clips shown in the strips and GIFs
 
 
-def teacher_forced_loss(lstm: PoseLSTM, h_c: torch.Tensor, h_p: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of h_p(t) predicted from [h_p(t-1), h_c] over all T-1 transitions of h_p (B, T, p)."""
-    predicted = lstm(h_c, h_p[:, :-1])
+def pose_loss(lstm: PoseLSTM, h_c: torch.Tensor, h_p: torch.Tensor, free_after: int | None = None) -> torch.Tensor:
+    """Mean squared error of h_p(t) predicted over all T-1 transitions of h_p (B, T, p).
+
+    Teacher-forced (the paper, both authors' codes): every step reads [h_p(t-1), h_c]. With `free_after` = n
+    the LSTM reads the true poses of the first n frames, then its own predictions, exactly as it generates
+    (`PoseLSTM.rollout`), and the gradient flows through the predictions it read back.
+    """
+    predicted = (lstm(h_c, h_p[:, :-1]) if free_after is None
+                 else lstm.rollout(h_c, h_p[:, :free_after], h_p.shape[1] - free_after))
     target = h_p[:, 1:]
     if predicted.shape != target.shape:  # never broadcast a prediction against its target
         raise ValueError(f"prediction {tuple(predicted.shape)} and target {tuple(target.shape)} differ")
@@ -61,10 +68,13 @@ def encode_clips(model: DRNetPredictor, clips: torch.Tensor, n_past: int) -> tup
     return model.encode_content(clips[:, n_past - 1]).h.float(), model.encode_pose_sequence(clips).float()
 
 
-def lstm_update(lstm: PoseLSTM, optimizer: torch.optim.Optimizer, content: torch.Tensor, poses: torch.Tensor
-                ) -> torch.Tensor:
-    """One teacher-forced LSTM update on encoded clips: content (B, c), poses (B, T, p). Returns the MSE, detached."""
-    loss = teacher_forced_loss(lstm, content, poses)
+def lstm_update(lstm: PoseLSTM, optimizer: torch.optim.Optimizer, content: torch.Tensor, poses: torch.Tensor,
+                free_after: int | None = None) -> torch.Tensor:
+    """One LSTM update on encoded clips: content (B, c), poses (B, T, p); `free_after` as in `pose_loss`.
+
+    Returns the MSE, detached.
+    """
+    loss = pose_loss(lstm, content, poses, free_after)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     distributed.average_gradients(optimizer)  # several processes: the gradient of the global batch
@@ -170,6 +180,7 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
     and is left as it is.
     """
     n_past, n_future = config["n_past"], config["n_future"]
+    free_after = n_past if config.get("free_running") else None  # checkpoints older than the flag: teacher-forced
     generator = torch.Generator().manual_seed(distributed.data_seed(config["seed"]))
     torch.manual_seed(config["seed"])  # the same on every rank: equal initial weights
     model = predictor_on(checkpoint, config).to(device)
@@ -178,6 +189,8 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
     start = 0
     if config["resume_from"] is not None:
         start = resume(checkpoint, {"lstm": optimizer}, config, generator)
+    elif config.get("init_lstm"):
+        log.info("pose LSTM and its frozen DRNET from %s, a fresh optimizer", config["init_lstm"])
     else:
         log.info("frozen DRNET from %s", config["drnet_checkpoint"])
     if config.get("compile"):
@@ -223,7 +236,7 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
                     store_pool(pool, pool_file, pool_key)
         # The LSTM trains in float32: its small matrices gain nothing from bf16 autocast on a CPU (0.61 s
         # against 0.37 s per update of 100 clips measured on an AMX Xeon), and its vectors are tiny.
-        return {"mse": lstm_update(model.lstm, optimizer, content, poses)}
+        return {"mse": lstm_update(model.lstm, optimizer, content, poses, free_after)}
 
     run_iterations(config, start, "LSTM", batches, step, metrics, save_everything, "--resume True --use_lstm True")
     if board is not None:

@@ -49,9 +49,9 @@ RUN_FLAGS = ("resume", "start_iter", "save_dir", "use_lstm", "evaluate", "checkp
 
 # LSTM stage [py, seed] (drnet-py's train_lstm.py): these replace or add to DEFAULTS when --use_lstm is on.
 LSTM_DEFAULTS = {"lr": 0.0002, "beta1": 0.9, "n_past": 10, "n_future": 10, "rnn_size": 256, "rnn_layers": 2,
-                 "rollout_len": 500, "code_pool": 20000}
+                 "rollout_len": 500, "code_pool": 20000, "free_running": False}
 LSTM_COUNTS = ("n_past", "n_future", "rnn_size", "rnn_layers", "rollout_len")  # each must be at least 1
-LSTM_ONLY = (*LSTM_COUNTS, "code_pool", "drnet_checkpoint")
+LSTM_ONLY = (*LSTM_COUNTS, "code_pool", "free_running", "drnet_checkpoint", "init_lstm")
 # What the clips show: a new LSTM run takes these from the DRNET it freezes unless given, so that it learns the
 # poses of the clips that DRNET was trained on (a one-digit DRNET under two-digit clips predicts nonsense).
 DRNET_DATA_KEYS = ("num_digits",)
@@ -105,7 +105,7 @@ def resolve_run(args: argparse.Namespace) -> Resolved:
     check_values(vars(args))
     args = with_dataset(args)
     lstm = bool(args.use_lstm)
-    ignored = (*RUN_FLAGS, "drnet_checkpoint") if lstm else (*RUN_FLAGS, *LSTM_ONLY)
+    ignored = (*RUN_FLAGS, "drnet_checkpoint", "init_lstm") if lstm else (*RUN_FLAGS, *LSTM_ONLY)
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ignored}
     entry = {k: v for k, v in DATASETS[args.dataset].items() if k != "loader"}
     config = {"dataset": args.dataset, **DEFAULTS, **entry, **(LSTM_DEFAULTS if lstm else {}), **given}
@@ -121,11 +121,15 @@ def resolve_run(args: argparse.Namespace) -> Resolved:
                                                != Path(config["drnet_checkpoint"]).resolve()):
             raise DRNetError(f"{resume_from} continues the LSTM of {config['drnet_checkpoint']}; drop "
                              "--drnet_checkpoint or start a new LSTM run")
+        if lstm and args.init_lstm:
+            raise DRNetError(f"{resume_from} continues its own LSTM: drop --init_lstm, or start a new LSTM run")
         check_architecture(checkpoint, config, resume_from, (*ARCHITECTURE_KEYS, *(LSTM_SHAPE_KEYS if lstm else ())))
     elif checkpoint_path(run_dir).exists():
         held, resume_flags = ("an LSTM run", "--resume True --use_lstm True") if lstm else ("a run", "--resume True")
         raise DRNetError(f"{run_dir} already holds {held}: continue it with {resume_flags}, or choose another "
                          "--save_dir")
+    elif lstm and args.init_lstm:
+        checkpoint = lstm_to_continue(args, config, given)
     elif lstm:
         checkpoint = drnet_to_freeze(args, config, given, run_dir.parent)
     else:
@@ -163,6 +167,25 @@ def drnet_to_freeze(args: argparse.Namespace, config: dict, given: dict, drnet_d
     config.update({k: drnet["config"][k] for k in DRNET_DATA_KEYS if k in drnet["config"] and k not in given})
     config["drnet_checkpoint"] = str(drnet_path)
     return drnet
+
+
+def lstm_to_continue(args: argparse.Namespace, config: dict, given: dict) -> dict:
+    """The trained pose LSTM that a new LSTM run starts from (--init_lstm), loaded with the DRNET it was trained
+    on, which the run freezes; `config` takes the shapes of both and what its clips show, unless given."""
+    if args.drnet_checkpoint:
+        raise DRNetError(f"--init_lstm {args.init_lstm} brings the DRNET its LSTM was trained on: drop "
+                         "--drnet_checkpoint")
+    start = load_checkpoint(args.init_lstm)
+    if start.get("kind") != "lstm":
+        raise DRNetError(f"--init_lstm {args.init_lstm} holds no pose LSTM: name an LSTM-stage checkpoint or a "
+                         "pose_lstm file")
+    check_architecture({"config": {**start["drnet_config"], **start["config"]}}, config, Path(args.init_lstm),
+                       ("image_width", *(k for k in (*ARCHITECTURE_KEYS, *LSTM_SHAPE_KEYS) if k in given)))
+    stored = {**architecture_values(start["drnet_config"]), **start["config"]}
+    config.update({k: stored[k] for k in (*ARCHITECTURE_KEYS, *LSTM_SHAPE_KEYS)})
+    config.update({k: stored[k] for k in DRNET_DATA_KEYS if k in stored and k not in given})
+    config["drnet_checkpoint"] = config["init_lstm"] = args.init_lstm  # the DRNET comes with it (or beside it)
+    return start
 
 
 def check_values(values: dict) -> None:

@@ -1,6 +1,7 @@
 """Shared fixtures: what every test sees (one torch thread, fp32, few swaps, a quick digit classifier, no MNIST
 download); tiny runs (flags, a run directory saved without training, a grey Moving MNIST run with its LSTM);
-the checks of a one-line error; folders made read-only; the messages of the "drnet" logger."""
+the checks of a one-line error; folders made read-only; the messages of the "drnet" logger; for the pose-LSTM
+stage, per test module, flags and a two-iteration DRNET run to freeze."""
 
 import logging
 import os
@@ -214,3 +215,31 @@ def drnet_log() -> list[str]:
     logging.getLogger("drnet").addHandler(collect)
     yield collect.messages
     logging.getLogger("drnet").removeHandler(collect)
+
+
+# ---- The pose-LSTM stage: one module-wide tiny DRNET run to freeze ----
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> list[str]:
+    """Flags of every run here: CPU, MNIST never downloaded (as conftest ensures per test), a scratch data root."""
+    real_load_mnist = moving_mnist.load_mnist
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(moving_mnist, "load_mnist",
+                      lambda root, split, download=True: real_load_mnist(root, split, download=False))
+        yield ["--device", "cpu", "--data_root", str(tmp_path_factory.mktemp("data"))]
+
+
+@pytest.fixture(scope="module")
+def tiny(shared) -> list[str]:
+    """Tiny LSTM-stage settings."""
+    return [*shared, "--batch_size", "4", "--n_past", "2", "--n_future", "2"]
+
+
+@pytest.fixture(scope="module")
+def drnet_dir(tmp_path_factory, shared) -> Path:
+    """A run directory holding a two-iteration DRNET run."""
+    import main
+
+    run_dir = tmp_path_factory.mktemp("drnet")
+    main.main([*shared, "--max_iter", "2", "--batch_size", "4", "--save_iters", "2", "--save_dir", str(run_dir)])
+    return run_dir

@@ -1,7 +1,8 @@
 """train_lstm.py and the pose LSTM of models.py: the LSTM, its loss, the frozen DRNET, the code pool, `predict`,
 half-precision exports, and `main.py --use_lstm True` runs.
 
-One two-iteration DRNET run (module fixture) feeds the end-to-end tests (marked e2e); settings are tiny.
+One two-iteration DRNET run (conftest's module fixture `drnet_dir`) feeds the end-to-end tests (marked e2e);
+settings are tiny.
 """
 
 import hashlib
@@ -14,38 +15,13 @@ import torch
 from PIL import Image, ImageFont
 
 import main
-from datasets import moving_mnist
 from datasets.registry import DATASETS
 from engine.checkpoints import export_lstm, export_weights, load_model
 from engine.config import LSTM_DEFAULTS, resolve_run
 from engine.pictures import label_strip_width
 from models import DRNet, DRNetPredictor, PoseLSTM
-from train_lstm import CodePool, encode_clips, freeze_drnet, lstm_step, lstm_update, teacher_forced_loss
+from train_lstm import CodePool, encode_clips, freeze_drnet, lstm_step, lstm_update, pose_loss
 from utils import DRNetError, read_metrics
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory) -> list[str]:
-    """Flags of every run here: CPU, MNIST never downloaded (as conftest ensures per test), a scratch data root."""
-    real_load_mnist = moving_mnist.load_mnist
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(moving_mnist, "load_mnist",
-                      lambda root, split, download=True: real_load_mnist(root, split, download=False))
-        yield ["--device", "cpu", "--data_root", str(tmp_path_factory.mktemp("data"))]
-
-
-@pytest.fixture(scope="module")
-def tiny(shared) -> list[str]:
-    """Tiny LSTM-stage settings."""
-    return [*shared, "--batch_size", "4", "--n_past", "2", "--n_future", "2"]
-
-
-@pytest.fixture(scope="module")
-def drnet_dir(tmp_path_factory, shared) -> Path:
-    """A run directory holding a two-iteration DRNET run."""
-    run_dir = tmp_path_factory.mktemp("drnet")
-    main.main([*shared, "--max_iter", "2", "--batch_size", "4", "--save_iters", "2", "--save_dir", str(run_dir)])
-    return run_dir
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +63,7 @@ def test_teacher_forced_loss_equals_hand_computed_value():
     poses = torch.tensor([[[0.9, 0.9], [0.5, -0.5], [0.1, -0.1]],
                           [[0.0, 0.0], [0.7, -0.5], [0.5, 0.5]]])
     # Targets are poses 1 and 2 of each clip: squared errors 0, 0, .16, .16 and .04, 0, 0, 1 over 8 values.
-    loss = teacher_forced_loss(lstm, torch.zeros(2, 1), poses)
+    loss = pose_loss(lstm, torch.zeros(2, 1), poses)
     assert loss.item() == pytest.approx(1.36 / 8, abs=1e-6)
 
 
@@ -107,14 +83,65 @@ def test_teacher_forced_loss_follows_the_lstm_equations():
         predicted = torch.tanh(lstm.out[0](hidden))
         squared_errors.append((predicted - poses[:, t]) ** 2)
     expected = torch.stack(squared_errors).mean()
-    torch.testing.assert_close(teacher_forced_loss(lstm, content, poses), expected)
+    torch.testing.assert_close(pose_loss(lstm, content, poses), expected)
+
+
+def test_free_running_loss_reads_the_observed_poses_then_its_own_predictions():
+    torch.manual_seed(4)
+    lstm = PoseLSTM(content_dim=2, pose_dim=3, hidden=4, layers=2)
+    content, poses = torch.randn(2, 2), torch.rand(2, 6, 3) * 2 - 1
+    state, pose, squared_errors = None, None, []
+    for t in range(1, 6):  # frames 0 and 1 observed, then the LSTM's own predictions, as predict() generates
+        pose, state = lstm.step(content, poses[:, t - 1] if t <= 2 else pose, state)
+        squared_errors.append((pose - poses[:, t]) ** 2)
+    free = pose_loss(lstm, content, poses, free_after=2)
+    torch.testing.assert_close(free, torch.stack(squared_errors).mean())
+    assert free.item() != pose_loss(lstm, content, poses).item()  # teacher forcing reads the true poses
+    # Only the first two poses are inputs: the later ones are targets alone.
+    inputs_changed = poses.clone()
+    inputs_changed[:, 2:5] = 0.0
+    target_part = ((lstm.rollout(content, poses[:, :2], 4) - inputs_changed[:, 1:]) ** 2).mean()
+    torch.testing.assert_close(pose_loss(lstm, content, inputs_changed, free_after=2), target_part)
+    torch.testing.assert_close(pose_loss(lstm, content, poses, free_after=5), pose_loss(lstm, content, poses))
+
+
+def test_free_running_gradient_flows_through_the_predictions_read_back():
+    torch.manual_seed(5)
+    lstm = PoseLSTM(content_dim=2, pose_dim=3, hidden=4, layers=1)
+    content, poses = torch.randn(2, 2), torch.rand(2, 5, 3) * 2 - 1
+    pose_loss(lstm, content, poses, free_after=1).backward()
+    through = lstm.embed.weight.grad.clone()
+    lstm.zero_grad()
+    state, pose, squared_errors = None, poses[:, 0], []
+    for t in range(1, 5):  # the same roll-out with each prediction detached before it is read back
+        pose, state = lstm.step(content, pose.detach(), state)
+        squared_errors.append((pose - poses[:, t]) ** 2)
+    torch.stack(squared_errors).mean().backward()
+    assert not torch.allclose(through, lstm.embed.weight.grad)
+
+
+def test_rollout_continues_the_teacher_forced_steps():
+    torch.manual_seed(6)
+    lstm = PoseLSTM(content_dim=2, pose_dim=3, hidden=4, layers=2)
+    content, observed = torch.randn(3, 2), torch.rand(3, 4, 3) * 2 - 1
+    generated = lstm.rollout(content, observed, 5)
+    assert generated.shape == (3, 4 - 1 + 5, 3)
+    torch.testing.assert_close(generated[:, :4], lstm(content, observed), rtol=0, atol=0)
+    state = None  # after the observed poses, each generated pose is read back as the next input
+    for t in range(4):
+        pose, state = lstm.step(content, observed[:, t], state)
+    for t in range(4, 8):
+        pose, state = lstm.step(content, pose, state)
+        torch.testing.assert_close(generated[:, t], pose, rtol=0, atol=0)
+    with pytest.raises(ValueError):
+        lstm.rollout(content, observed, 0)
 
 
 def test_broadcasting_pose_shapes_are_rejected():
     lstm = PoseLSTM(content_dim=2, pose_dim=3, hidden=4, layers=1)
     content = torch.randn(2, 2)
     with pytest.raises(ValueError):  # the reference's (B, p, 1, 1) targets
-        teacher_forced_loss(lstm, content, torch.rand(2, 4, 3, 1, 1))
+        pose_loss(lstm, content, torch.rand(2, 4, 3, 1, 1))
     with pytest.raises(ValueError):
         lstm.step(content, torch.rand(2, 3, 1, 1))
     with pytest.raises(ValueError):
@@ -226,7 +253,7 @@ def test_lstm_defaults_and_lr_flag(drnet_dir, shared, tmp_path):
     config = resolve_run(main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "a")])).config
     assert {k: config[k] for k in LSTM_DEFAULTS} == {"lr": 0.0002, "beta1": 0.9, "n_past": 10, "n_future": 10,
                                                           "rnn_size": 256, "rnn_layers": 2, "rollout_len": 500,
-                                                          "code_pool": 20000}
+                                                          "code_pool": 20000, "free_running": False}
     assert config["run_dir"] == str(tmp_path / "a" / "lstm")
     config = resolve_run(main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "b"),
                                                               "--lr", "0.001"])).config

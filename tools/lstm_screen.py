@@ -8,8 +8,10 @@ classifier of the evaluation reads as the clip's own digits at steps 1, 10, 50 a
 DRNET), the frame MSE at those steps, and the teacher-forced pose error on test clips (held out), on
 training clips the run never drew (another seed) and, from the run's metrics.csv, on the clips it trained on
 (its training loss over the last 100 iterations), as `main.py --evaluate` would take minutes to give. A
-training loss well below the error on unseen clips means the LSTM has learned its code pool by heart.
-Prints one Markdown row per checkpoint.
+training loss well below the error on unseen clips means the LSTM has learned its code pool by heart. Last,
+the free-running pose error on the test clips: the LSTM reads 10 true poses, then its own predictions for 90
+steps, as when it generates (`--free_running True` trains on that loss, and its training loss compares with
+this column, not with the teacher-forced ones). Prints one Markdown row per checkpoint.
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ if __name__ == "__main__" and not __package__:  # run by path: our imports need 
 from datasets.moving_mnist import moving_mnist
 from engine.checkpoints import load_checkpoint, model_from_checkpoint
 from evaluation.identity import digit_classifier, identity_curve
-from train_lstm import encode_clips, teacher_forced_loss
+from train_lstm import encode_clips, pose_loss
 from utils import read_metrics
 
 STEPS = (1, 10, 50, 100, 200, 500)  # those within --steps: 500 shows whether a long roll-out keeps its digit
 UNSEEN_TRAIN_SEED = 987654321  # no run's data seed: training clips that no screened run drew
 CHUNK_CLIPS = 10  # clips rolled out at once: 100 clips of 500 frames at once take more memory than a laptop has
 LOSS_WINDOW = 100  # iterations of training loss averaged: one batch's loss is noisy
+FREE_STEPS = 90  # poses generated for the free-running pose error: the horizon the shipped LSTM trained on
 
 
 def training_loss(path: str, iteration: int) -> float:
@@ -77,8 +80,10 @@ def screen(path: str, clips: int, steps: int, seed: int) -> dict[str, float]:
     length = n_past + n_future
     for name, dataset, data_seed in (("test", test_set, seed), ("unseen train", train_set, UNSEEN_TRAIN_SEED)):
         sequences = dataset.sequence_batch(clips, length, torch.Generator().manual_seed(data_seed))
-        row[f"pose mse {name}"] = teacher_forced_loss(model.lstm, *encode_clips(model, sequences, n_past)).item()
+        row[f"pose mse {name}"] = pose_loss(model.lstm, *encode_clips(model, sequences, n_past)).item()
     row["pose mse trained on"] = training_loss(path, checkpoint["iteration"])
+    sequences = test_set.sequence_batch(clips, n_past + FREE_STEPS, torch.Generator().manual_seed(seed))
+    row["free pose mse test"] = pose_loss(model.lstm, *encode_clips(model, sequences, n_past), free_after=n_past).item()
     return row
 
 
