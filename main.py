@@ -101,9 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                       f"({LSTM_DEFAULTS['rollout_len']})")
     lstm.add_argument("--code_pool", type=int, help="training clips encoded once by the frozen DRNET, every batch "
                       f"drawn from their stored vectors; 0: encode every batch ({LSTM_DEFAULTS['code_pool']})")
-    lstm.add_argument("--free_running", **boolean, help="train as it generates: after the --n_past observed poses "
-                      "the LSTM reads its own predictions (not in the paper nor the authors' code, which "
-                      f"teacher-force; see docs/lstm.md) ({LSTM_DEFAULTS['free_running']})")
+    lstm.add_argument("--free_steps", type=int, help="train on its own predictions as it generates: after the "
+                      "--n_past observed poses the LSTM reads back its predictions N steps at a time, each run "
+                      "followed by one true pose; N >= --n_future reads back all of them (not in the paper nor "
+                      f"the authors' code, which teacher-force: 0; see docs/lstm.md) ({LSTM_DEFAULTS['free_steps']})")
     lstm.add_argument("--init_lstm", metavar="PATH", help="start from this trained pose LSTM (an LSTM checkpoint or a "
                       "pose_lstm file) and freeze the DRNET it was trained on, with a fresh optimizer")
     lstm.add_argument("--drnet_checkpoint", help="the trained DRNET to freeze (default: checkpoint.pt of the run "

@@ -361,7 +361,7 @@ class PoseLSTM(nn.Module):
 
     def forward(self, content: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: content (B, content_dim), poses (B, T, pose_dim) -> next poses (B, T, pose_dim)."""
-        return self.rollout(content, poses, 1)
+        return self.unroll(content, poses, [False] * poses.shape[1])
 
     def rollout(self, content: torch.Tensor, observed: torch.Tensor, steps: int) -> torch.Tensor:
         """Generation: read the observed poses (B, n, pose_dim), then its own predictions for `steps` - 1 more.
@@ -369,15 +369,19 @@ class PoseLSTM(nn.Module):
         Returns every prediction, (B, n - 1 + steps, pose_dim): the poses of frames 1 to n - 1 + steps, the last
         `steps` of them generated.
         """
-        if observed.dim() != 3 or observed.shape[1] < 1 or steps < 1:
-            raise ValueError(f"expected poses (B, T>=1, {self.pose_dim}) and steps >= 1, "
-                             f"got {tuple(observed.shape)} and {steps}")
-        state, predicted = None, []
-        for t in range(observed.shape[1]):
-            pose, state = self.step(content, observed[:, t], state)
-            predicted.append(pose)
-        for _ in range(steps - 1):
-            pose, state = self.step(content, pose, state)
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        return self.unroll(content, observed, [False] * observed.shape[1] + [True] * (steps - 1))
+
+    def unroll(self, content: torch.Tensor, poses: torch.Tensor, read_back: list[bool]) -> torch.Tensor:
+        """The prediction after each step, (B, len(read_back), pose_dim): step t reads poses[:, t] (B, T, pose_dim),
+        or with read_back[t] the prediction of step t - 1. Gradients flow through the predictions read back."""
+        if poses.dim() != 3 or not read_back or read_back[0] or not all(read_back[poses.shape[1]:]):
+            raise ValueError(f"expected poses (B, T, {self.pose_dim}) and read-back flags, the first False and every "
+                             f"one from step T on True; got {tuple(poses.shape)} and {read_back}")
+        state, pose, predicted = None, None, []
+        for t, own in enumerate(read_back):
+            pose, state = self.step(content, pose if own else poses[:, t], state)
             predicted.append(pose)
         return torch.stack(predicted, dim=1)
 

@@ -1,9 +1,9 @@
 """LSTM training, the second stage: the pose LSTM on a trained, frozen DRNET, and its rollouts.
 
 Run by `python main.py --use_lstm True`; the run lives in `<DRNET run directory>/lstm/`. Here: the loss
-(teacher-forced, or free-running as in generation) and step, the pool of encoded training clips, the test MSE
-per prediction step next to the copy-last-frame baseline, the periodic roll-outs, and the entry point
-`train_lstm`.
+(teacher-forced, or reading back its own predictions as in generation) and step, the pool of encoded
+training clips, the test MSE per prediction step next to the copy-last-frame baseline, the periodic
+roll-outs, and the entry point `train_lstm`.
 """
 
 from __future__ import annotations
@@ -44,15 +44,22 @@ METRIC_CLIPS = 32  # fixed test clips for the MSE per step; enough to compare wi
 PICTURE_CLIPS = 4  # fixed test clips shown in the strips and GIFs
 
 
-def pose_loss(lstm: PoseLSTM, h_c: torch.Tensor, h_p: torch.Tensor, free_after: int | None = None) -> torch.Tensor:
+def read_back_pattern(steps: int, observed: int, free_steps: int) -> list[bool]:
+    """Which of `steps` LSTM inputs are its own predictions: none of the first `observed`, then runs of
+    `free_steps` predictions read back, each followed by one true pose. 0 free steps: teacher forcing."""
+    return [free_steps > 0 and t >= observed and (t - observed) % (free_steps + 1) != free_steps
+            for t in range(steps)]
+
+
+def pose_loss(lstm: PoseLSTM, h_c: torch.Tensor, h_p: torch.Tensor, read_back: list[bool] | None = None
+              ) -> torch.Tensor:
     """Mean squared error of h_p(t) predicted over all T-1 transitions of h_p (B, T, p).
 
-    Teacher-forced (the paper, both authors' codes): every step reads [h_p(t-1), h_c]. With `free_after` = n
-    the LSTM reads the true poses of the first n frames, then its own predictions, exactly as it generates
-    (`PoseLSTM.rollout`), and the gradient flows through the predictions it read back.
+    Teacher-forced by default (the paper, both authors' codes): every step reads [h_p(t-1), h_c]. Where
+    `read_back` (T-1 flags, `read_back_pattern`) says so, a step reads the LSTM's own previous prediction
+    instead, as in generation, and the gradient flows through the prediction it read.
     """
-    predicted = (lstm(h_c, h_p[:, :-1]) if free_after is None
-                 else lstm.rollout(h_c, h_p[:, :free_after], h_p.shape[1] - free_after))
+    predicted = lstm.unroll(h_c, h_p[:, :-1], read_back or [False] * (h_p.shape[1] - 1))
     target = h_p[:, 1:]
     if predicted.shape != target.shape:  # never broadcast a prediction against its target
         raise ValueError(f"prediction {tuple(predicted.shape)} and target {tuple(target.shape)} differ")
@@ -69,12 +76,12 @@ def encode_clips(model: DRNetPredictor, clips: torch.Tensor, n_past: int) -> tup
 
 
 def lstm_update(lstm: PoseLSTM, optimizer: torch.optim.Optimizer, content: torch.Tensor, poses: torch.Tensor,
-                free_after: int | None = None) -> torch.Tensor:
-    """One LSTM update on encoded clips: content (B, c), poses (B, T, p); `free_after` as in `pose_loss`.
+                read_back: list[bool] | None = None) -> torch.Tensor:
+    """One LSTM update on encoded clips: content (B, c), poses (B, T, p); `read_back` as in `pose_loss`.
 
     Returns the MSE, detached.
     """
-    loss = pose_loss(lstm, content, poses, free_after)
+    loss = pose_loss(lstm, content, poses, read_back)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     distributed.average_gradients(optimizer)  # several processes: the gradient of the global batch
@@ -180,7 +187,8 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
     and is left as it is.
     """
     n_past, n_future = config["n_past"], config["n_future"]
-    free_after = n_past if config.get("free_running") else None  # checkpoints older than the flag: teacher-forced
+    # Checkpoints older than --free_steps train teacher-forced, as they began.
+    read_back = read_back_pattern(n_past + n_future - 1, n_past, config.get("free_steps", 0))
     generator = torch.Generator().manual_seed(distributed.data_seed(config["seed"]))
     torch.manual_seed(config["seed"])  # the same on every rank: equal initial weights
     model = predictor_on(checkpoint, config).to(device)
@@ -236,7 +244,7 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
                     store_pool(pool, pool_file, pool_key)
         # The LSTM trains in float32: its small matrices gain nothing from bf16 autocast on a CPU (0.61 s
         # against 0.37 s per update of 100 clips measured on an AMX Xeon), and its vectors are tiny.
-        return {"mse": lstm_update(model.lstm, optimizer, content, poses, free_after)}
+        return {"mse": lstm_update(model.lstm, optimizer, content, poses, read_back)}
 
     run_iterations(config, start, "LSTM", batches, step, metrics, save_everything, "--resume True --use_lstm True")
     if board is not None:

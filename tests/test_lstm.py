@@ -20,7 +20,7 @@ from engine.checkpoints import export_lstm, export_weights, load_model
 from engine.config import LSTM_DEFAULTS, resolve_run
 from engine.pictures import label_strip_width
 from models import DRNet, DRNetPredictor, PoseLSTM
-from train_lstm import CodePool, encode_clips, freeze_drnet, lstm_step, lstm_update, pose_loss
+from train_lstm import CodePool, encode_clips, freeze_drnet, lstm_step, lstm_update, pose_loss, read_back_pattern
 from utils import DRNetError, read_metrics
 
 
@@ -86,30 +86,37 @@ def test_teacher_forced_loss_follows_the_lstm_equations():
     torch.testing.assert_close(pose_loss(lstm, content, poses), expected)
 
 
-def test_free_running_loss_reads_the_observed_poses_then_its_own_predictions():
+def test_read_back_pattern_follows_the_observed_poses_with_runs_of_own_predictions():
+    as_text = lambda flags: "".join("p" if own else "t" for own in flags)  # noqa: E731
+    assert as_text(read_back_pattern(12, 3, 2)) == "tttpptpptppt"
+    assert as_text(read_back_pattern(6, 2, 0)) == "tttttt"  # teacher forcing
+    assert as_text(read_back_pattern(6, 2, 9)) == "ttpppp"  # reads back all of them, as a roll-out does
+
+
+def test_a_loss_that_reads_back_its_predictions_equals_the_hand_rolled_steps():
     torch.manual_seed(4)
     lstm = PoseLSTM(content_dim=2, pose_dim=3, hidden=4, layers=2)
-    content, poses = torch.randn(2, 2), torch.rand(2, 6, 3) * 2 - 1
+    content, poses = torch.randn(2, 2), torch.rand(2, 7, 3) * 2 - 1
+    read_back = read_back_pattern(6, 2, 2)  # inputs: true 0, 1, own 2, 3, true 4, own 5
     state, pose, squared_errors = None, None, []
-    for t in range(1, 6):  # frames 0 and 1 observed, then the LSTM's own predictions, as predict() generates
-        pose, state = lstm.step(content, poses[:, t - 1] if t <= 2 else pose, state)
-        squared_errors.append((pose - poses[:, t]) ** 2)
-    free = pose_loss(lstm, content, poses, free_after=2)
-    torch.testing.assert_close(free, torch.stack(squared_errors).mean())
-    assert free.item() != pose_loss(lstm, content, poses).item()  # teacher forcing reads the true poses
-    # Only the first two poses are inputs: the later ones are targets alone.
-    inputs_changed = poses.clone()
-    inputs_changed[:, 2:5] = 0.0
-    target_part = ((lstm.rollout(content, poses[:, :2], 4) - inputs_changed[:, 1:]) ** 2).mean()
-    torch.testing.assert_close(pose_loss(lstm, content, inputs_changed, free_after=2), target_part)
-    torch.testing.assert_close(pose_loss(lstm, content, poses, free_after=5), pose_loss(lstm, content, poses))
+    for t in range(6):
+        pose, state = lstm.step(content, pose if t in (2, 3, 5) else poses[:, t], state)
+        squared_errors.append((pose - poses[:, t + 1]) ** 2)
+    loss = pose_loss(lstm, content, poses, read_back)
+    torch.testing.assert_close(loss, torch.stack(squared_errors).mean())
+    assert loss.item() != pose_loss(lstm, content, poses).item()  # teacher forcing reads the true poses
+    # Poses read back in place of the true ones are targets alone: changing them changes only those terms.
+    changed = poses.clone()
+    changed[:, [2, 3, 5]] = 0.0
+    predicted = lstm.unroll(content, poses[:, :-1], read_back)
+    torch.testing.assert_close(pose_loss(lstm, content, changed, read_back), ((predicted - changed[:, 1:]) ** 2).mean())
 
 
-def test_free_running_gradient_flows_through_the_predictions_read_back():
+def test_the_gradient_flows_through_the_predictions_read_back():
     torch.manual_seed(5)
     lstm = PoseLSTM(content_dim=2, pose_dim=3, hidden=4, layers=1)
     content, poses = torch.randn(2, 2), torch.rand(2, 5, 3) * 2 - 1
-    pose_loss(lstm, content, poses, free_after=1).backward()
+    pose_loss(lstm, content, poses, read_back_pattern(4, 1, 4)).backward()
     through = lstm.embed.weight.grad.clone()
     lstm.zero_grad()
     state, pose, squared_errors = None, poses[:, 0], []
@@ -135,6 +142,8 @@ def test_rollout_continues_the_teacher_forced_steps():
         torch.testing.assert_close(generated[:, t], pose, rtol=0, atol=0)
     with pytest.raises(ValueError):
         lstm.rollout(content, observed, 0)
+    with pytest.raises(ValueError):  # a true pose asked for beyond the poses given
+        lstm.unroll(content, observed, [False] * 5)
 
 
 def test_broadcasting_pose_shapes_are_rejected():
@@ -253,7 +262,7 @@ def test_lstm_defaults_and_lr_flag(drnet_dir, shared, tmp_path):
     config = resolve_run(main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "a")])).config
     assert {k: config[k] for k in LSTM_DEFAULTS} == {"lr": 0.0002, "beta1": 0.9, "n_past": 10, "n_future": 10,
                                                           "rnn_size": 256, "rnn_layers": 2, "rollout_len": 500,
-                                                          "code_pool": 20000, "free_running": False}
+                                                          "code_pool": 20000, "free_steps": 0}
     assert config["run_dir"] == str(tmp_path / "a" / "lstm")
     config = resolve_run(main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "b"),
                                                               "--lr", "0.001"])).config

@@ -1,5 +1,5 @@
 """Continuing a trained pose LSTM in a new run (`--init_lstm`) and training it as it generates
-(`--free_running True`): what the run starts from, what it records, and the one-line refusals.
+(`--free_steps N`): what the run starts from, what it records, and the one-line refusals.
 
 Every test here runs main.py on conftest's two-iteration DRNET (`drnet_dir`); all are marked e2e.
 """
@@ -50,20 +50,20 @@ def test_a_new_run_starts_from_the_trained_lstm_and_its_drnet(start, trained_lst
         torch.testing.assert_close(value.float(), trained["model"][name].float(), rtol=tolerance, atol=tolerance)
 
 
-def test_free_running_is_recorded_trains_otherwise_and_survives_resume(trained_lstm, tiny, tmp_path):
+def test_free_steps_are_recorded_train_otherwise_and_survive_resume(trained_lstm, tiny, tmp_path):
     start = ["--init_lstm", str(trained_lstm / "lstm" / "checkpoint.pt")]
     main.main(lstm_flags(tiny, tmp_path / "forced", *start))
-    main.main(lstm_flags(tiny, tmp_path / "free", *start, "--free_running", "True"))
+    main.main(lstm_flags(tiny, tmp_path / "free", *start, "--free_steps", "1"))
     forced, free = (torch.load(tmp_path / name / "lstm" / "checkpoint.pt", weights_only=True)
                     for name in ("forced", "free"))
-    assert forced["config"]["free_running"] is False and free["config"]["free_running"] is True
+    assert forced["config"]["free_steps"] == 0 and free["config"]["free_steps"] == 1
     assert "a fresh optimizer" in (tmp_path / "free" / "lstm" / "train.log").read_text()
-    # The same clips and weights, another loss: with n_past 2 and n_future 2 the last input is a prediction.
+    # The same clips and weights, another loss: with n_past 2 and n_future 2 the third input is a prediction.
     first_mse = [read_metrics(tmp_path / name / "lstm" / "metrics.csv")[0]["mse"] for name in ("forced", "free")]
     assert first_mse[0] != first_mse[1]
     main.main([*lstm_flags(tiny, tmp_path / "free", "--resume", "True"), "--max_iter", "2"])
     resumed = torch.load(tmp_path / "free" / "lstm" / "checkpoint.pt", weights_only=True)
-    assert resumed["iteration"] == 2 and resumed["config"]["free_running"] is True
+    assert resumed["iteration"] == 2 and resumed["config"]["free_steps"] == 1
 
 
 @pytest.mark.parametrize("case", ["with_drnet", "not_an_lstm", "other_shape", "on_resume"])

@@ -10,8 +10,8 @@ training clips the run never drew (another seed) and, from the run's metrics.csv
 (its training loss over the last 100 iterations), as `main.py --evaluate` would take minutes to give. A
 training loss well below the error on unseen clips means the LSTM has learned its code pool by heart. Last,
 the free-running pose error on the test clips: the LSTM reads 10 true poses, then its own predictions for 90
-steps, as when it generates (`--free_running True` trains on that loss, and its training loss compares with
-this column, not with the teacher-forced ones). Prints one Markdown row per checkpoint.
+steps, as when it generates (a run trained with `--free_steps` reads back its predictions, so its training
+loss is closer to this column than to the teacher-forced ones). Prints one Markdown row per checkpoint.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ if __name__ == "__main__" and not __package__:  # run by path: our imports need 
 from datasets.moving_mnist import moving_mnist
 from engine.checkpoints import load_checkpoint, model_from_checkpoint
 from evaluation.identity import digit_classifier, identity_curve
-from train_lstm import encode_clips, pose_loss
+from train_lstm import encode_clips, pose_loss, read_back_pattern
 from utils import read_metrics
 
 STEPS = (1, 10, 50, 100, 200, 500)  # those within --steps: 500 shows whether a long roll-out keeps its digit
@@ -83,7 +83,8 @@ def screen(path: str, clips: int, steps: int, seed: int) -> dict[str, float]:
         row[f"pose mse {name}"] = pose_loss(model.lstm, *encode_clips(model, sequences, n_past)).item()
     row["pose mse trained on"] = training_loss(path, checkpoint["iteration"])
     sequences = test_set.sequence_batch(clips, n_past + FREE_STEPS, torch.Generator().manual_seed(seed))
-    row["free pose mse test"] = pose_loss(model.lstm, *encode_clips(model, sequences, n_past), free_after=n_past).item()
+    free = read_back_pattern(n_past + FREE_STEPS - 1, n_past, FREE_STEPS)
+    row["free pose mse test"] = pose_loss(model.lstm, *encode_clips(model, sequences, n_past), free).item()
     return row
 
 
