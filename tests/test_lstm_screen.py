@@ -1,10 +1,13 @@
-"""tools/lstm_screen.py: the training loss it reads beside a checkpoint, to compare with unseen clips."""
+"""tools/lstm_screen.py: the training loss it reads beside a checkpoint, to compare with unseen clips, and the
+figures of one screened checkpoint."""
 
 import math
 
 import pytest
+import torch
 
-from tools.lstm_screen import training_loss
+from models import DRNetPredictor
+from tools.lstm_screen import screen, training_loss
 
 
 def write_losses(path, losses: dict[int, float]) -> None:
@@ -25,3 +28,23 @@ def test_training_loss_is_nan_without_a_log_or_without_iterations_in_the_window(
     assert math.isnan(training_loss(str(tmp_path / "checkpoint.pt"), 100))
     write_losses(tmp_path / "metrics.csv", {1: 0.3, 2: 0.2})
     assert math.isnan(training_loss(str(tmp_path / "checkpoint.pt"), 500))
+
+
+@pytest.mark.e2e
+def test_screen_rows_hold_every_figure_and_count_blank_roll_outs_as_faded(grey_run, monkeypatch, tmp_path):
+    checkpoint = torch.load(grey_run / "lstm" / "checkpoint.pt", weights_only=True)
+    for config in (checkpoint["config"], checkpoint["drnet_config"]):  # one grey digit, which the classifier reads
+        config["num_digits"] = 1
+    path = str(tmp_path / "checkpoint.pt")
+    torch.save(checkpoint, path)
+    monkeypatch.chdir(grey_run.parent)  # the run's data root is `data` beside it
+    row = screen(path, clips=4, steps=12, seed=2)
+    assert {"identity@10", "true poses@10", "mse@10", "faded@10", "pose mse test", "pose mse unseen train",
+            "pose mse trained on", "free pose mse test"} <= set(row) and "identity@50" not in row
+    assert all(0 <= row[f"{name}@{step}"] <= 1 for name in ("identity", "true poses", "faded") for step in (1, 10))
+    # A model that draws blank frames: every generated frame has faded, and its MSE is the true frames' power.
+    monkeypatch.setattr(DRNetPredictor, "predict", lambda self, past, steps: torch.zeros(
+        past.shape[0], steps, *past.shape[2:]))
+    blank = screen(path, clips=4, steps=12, seed=2)
+    assert blank["faded@1"] == blank["faded@10"] == 1.0
+    assert blank["mse@10"] > 0 and blank["pose mse test"] == row["pose mse test"]

@@ -5,13 +5,15 @@
 For each Moving MNIST checkpoint, on the same fixed test clips: the share of roll-out frames the digit
 classifier of the evaluation reads as the clip's own digits at steps 1, 10, 50 and 100 (and 200, 500 with
 --steps 500), the same for the decoder fed the true future poses (the ceiling of any pose LSTM with this
-DRNET), the frame MSE at those steps, and the teacher-forced pose error on test clips (held out), on
-training clips the run never drew (another seed) and, from the run's metrics.csv, on the clips it trained on
-(its training loss over the last 100 iterations), as `main.py --evaluate` would take minutes to give. A
-training loss well below the error on unseen clips means the LSTM has learned its code pool by heart. Last,
-the free-running pose error on the test clips: the LSTM reads 10 true poses, then its own predictions for 90
-steps, as when it generates (a run trained with `--free_steps` reads back its predictions, so its training
-loss is closer to this column than to the teacher-forced ones). Prints one Markdown row per checkpoint.
+DRNET), the frame MSE at those steps, the share of generated frames that faded (less than half the ink of
+the true frame: a digit lost by fading rather than by turning into another), and the teacher-forced pose
+error on test clips (held out), on training clips the run never drew (another seed) and, from the run's
+metrics.csv, on the clips it trained on (its training loss over the last 100 iterations), as
+`main.py --evaluate` would take minutes to give. A training loss well below the error on unseen clips means
+the LSTM has learned its code pool by heart. Last, the free-running pose error on the test clips: the LSTM
+reads 10 true poses, then its own predictions for 90 steps, as when it generates (a run trained with
+`--free_steps` reads back its predictions, so its training loss is closer to this column than to the
+teacher-forced ones). Prints one Markdown row per checkpoint.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ STEPS = (1, 10, 50, 100, 200, 500)  # those within --steps: 500 shows whether a 
 UNSEEN_TRAIN_SEED = 987654321  # no run's data seed: training clips that no screened run drew
 CHUNK_CLIPS = 10  # clips rolled out at once: 100 clips of 500 frames at once take more memory than a laptop has
 LOSS_WINDOW = 100  # iterations of training loss averaged: one batch's loss is noisy
+FADED = 0.5  # a generated frame holding less than half the ink of the true one has lost its digit by fading
 FREE_STEPS = 90  # poses generated for the free-running pose error: the horizon the shipped LSTM trained on
 
 
@@ -64,7 +67,7 @@ def screen(path: str, clips: int, steps: int, seed: int) -> dict[str, float]:
     test_set, train_set = split("test"), split("train")
     frames, labels = test_set.labelled_sequence_batch(clips, n_past + steps, torch.Generator().manual_seed(seed))
     classifier = digit_classifier(config["data_root"], config["image_width"], torch.device("cpu"))
-    rollout, ceiling, squared_error = torch.zeros(steps), torch.zeros(steps), torch.zeros(steps)
+    rollout, ceiling, squared_error, faded = (torch.zeros(steps) for _ in range(4))
     for part, part_labels in zip(frames.split(CHUNK_CLIPS), labels.split(CHUNK_CLIPS), strict=True):
         predicted = model.predict(part[:, :n_past], steps)
         content = model.encode_content(part[:, n_past - 1])
@@ -72,11 +75,13 @@ def screen(path: str, clips: int, steps: int, seed: int) -> dict[str, float]:
         rollout += identity_curve(classifier, predicted, part_labels) * len(part)
         ceiling += identity_curve(classifier, true_poses, part_labels) * len(part)
         squared_error += (predicted - part[:, n_past:]).pow(2).flatten(2).mean(2).sum(0)
+        faded += (predicted.flatten(2).sum(2) < FADED * part[:, n_past:].flatten(2).sum(2)).sum(0)
     row = {"iteration": float(checkpoint["iteration"])}
     for step in (s for s in STEPS if s <= steps):
         row[f"identity@{step}"] = rollout[step - 1].item() / clips
         row[f"true poses@{step}"] = ceiling[step - 1].item() / clips
         row[f"mse@{step}"] = squared_error[step - 1].item() / clips
+        row[f"faded@{step}"] = faded[step - 1].item() / clips
     length = n_past + n_future
     for name, dataset, data_seed in (("test", test_set, seed), ("unseen train", train_set, UNSEEN_TRAIN_SEED)):
         sequences = dataset.sequence_batch(clips, length, torch.Generator().manual_seed(data_seed))
