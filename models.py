@@ -375,13 +375,18 @@ class PoseLSTM(nn.Module):
 
     def unroll(self, content: torch.Tensor, poses: torch.Tensor, read_back: list[bool]) -> torch.Tensor:
         """The prediction after each step, (B, len(read_back), pose_dim): step t reads poses[:, t] (B, T, pose_dim),
-        or with read_back[t] the prediction of step t - 1. Gradients flow through the predictions read back."""
+        or with read_back[t] the prediction of step t - 1, detached.
+
+        Detached as scheduled sampling (Bengio et al., 2015) treats the tokens it feeds back: a gradient through
+        tens of read-back poses explodes (norms of 8 to 290 against 0.04 to 0.17 detached, measured on the
+        shipped LSTM), and Adam at lr 2e-4 then raised the loss of a fixed batch at every step.
+        """
         if poses.dim() != 3 or not read_back or read_back[0] or not all(read_back[poses.shape[1]:]):
             raise ValueError(f"expected poses (B, T, {self.pose_dim}) and read-back flags, the first False and every "
                              f"one from step T on True; got {tuple(poses.shape)} and {read_back}")
         state, pose, predicted = None, None, []
         for t, own in enumerate(read_back):
-            pose, state = self.step(content, pose if own else poses[:, t], state)
+            pose, state = self.step(content, pose.detach() if own else poses[:, t], state)
             predicted.append(pose)
         return torch.stack(predicted, dim=1)
 

@@ -57,7 +57,7 @@ def pose_loss(lstm: PoseLSTM, h_c: torch.Tensor, h_p: torch.Tensor, read_back: l
 
     Teacher-forced by default (the paper, both authors' codes): every step reads [h_p(t-1), h_c]. Where
     `read_back` (T-1 flags, `read_back_pattern`) says so, a step reads the LSTM's own previous prediction
-    instead, as in generation, and the gradient flows through the prediction it read.
+    instead, as in generation, as an input only: no gradient flows through it (`PoseLSTM.unroll`).
     """
     predicted = lstm.unroll(h_c, h_p[:, :-1], read_back or [False] * (h_p.shape[1] - 1))
     target = h_p[:, 1:]
