@@ -379,11 +379,12 @@ class PoseLSTM(nn.Module):
 
         Detached as scheduled sampling (Bengio et al., 2015) treats the tokens it feeds back: a gradient through
         tens of read-back poses explodes (norms of 8 to 290 against 0.04 to 0.17 detached, measured on the
-        shipped LSTM), and Adam at lr 2e-4 then raised the loss of a fixed batch at every step.
+        shipped LSTM), and Adam at lr 2e-4 then raised the loss of a fixed batch from 0.075 to 0.16 in 15 steps.
         """
         if poses.dim() != 3 or not read_back or read_back[0] or not all(read_back[poses.shape[1]:]):
-            raise ValueError(f"expected poses (B, T, {self.pose_dim}) and read-back flags, the first False and every "
-                             f"one from step T on True; got {tuple(poses.shape)} and {read_back}")
+            raise ValueError(f"expected poses (B, T, {self.pose_dim}) and read-back flags, the first False and "
+                             f"every one from step T on True; got {tuple(poses.shape)} and {len(read_back)} flags, "
+                             f"{sum(read_back)} True")
         state, pose, predicted = None, None, []
         for t, own in enumerate(read_back):
             pose, state = self.step(content, pose.detach() if own else poses[:, t], state)

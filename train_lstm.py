@@ -309,7 +309,9 @@ def reporting(config: dict, model: DRNetPredictor, optimizer: torch.optim.Optimi
     metrics = MetricsLog(run_dir / "metrics.csv", ["mse"], resume_from=resume_from, mirror=mirror)
     test_metrics = MetricsLog(run_dir / "test_metrics.csv", metric_columns(steps), resume_from=resume_from,
                               mirror=mirror)
-    curves = {"pose LSTM mse (teacher forced)": [(run_dir / "metrics.csv", "mse")],
+    free_steps = config.get("free_steps", 0)
+    how = f"reading back {free_steps} predictions at a time" if free_steps else "teacher forced"
+    curves = {f"pose LSTM mse ({how})": [(run_dir / "metrics.csv", "mse")],
               "test frame mse by prediction step": [(run_dir / "test_metrics.csv", c) for c in metric_columns(steps)]}
 
     def save_everything(iteration: int, data_state: torch.Tensor | list[torch.Tensor]) -> None:
