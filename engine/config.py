@@ -150,14 +150,16 @@ def check_kind(checkpoint: dict, path: Path, lstm: bool, run_dir: Path) -> None:
 
 
 def drnet_to_freeze(args: argparse.Namespace, config: dict, given: dict, drnet_dir: Path) -> dict:
-    """The trained DRNET a new LSTM run freezes, loaded; `config` takes its network shapes, path and (unless
-    given) what its clips show."""
+    """The trained DRNET a new LSTM run freezes (of a DRNET checkpoint, or the one an LSTM checkpoint or shipped
+    pair was trained on), loaded; `config` takes its network shapes, path and (unless given) what its clips show."""
     drnet_path = Path(args.drnet_checkpoint or checkpoint_path(drnet_dir))
     if not drnet_path.is_file():
         save_dir = f" --save_dir {args.save_dir}" if args.save_dir else ""
         raise DRNetError(f"no trained DRNET at {drnet_path}: train one first with `python main.py --dataset "
                          f"{args.dataset}{save_dir}`, or pass --drnet_checkpoint PATH")
     drnet = load_checkpoint(drnet_path)
+    if drnet.get("kind") == "lstm":  # an LSTM run or shipped model: a new LSTM on the same frozen DRNET
+        drnet = {"kind": "drnet", "config": drnet["drnet_config"], "model": drnet["model"]}
     if drnet.get("kind", "drnet") != "drnet":
         raise DRNetError(f"{drnet_path} is not a DRNET checkpoint (kind {drnet.get('kind')!r})")
     # The dataset and image size the flags ask for must be the DRNET's, and so must any network shape

@@ -1,5 +1,5 @@
-"""Continuing a trained pose LSTM in a new run (`--init_lstm`) and training it as it generates
-(`--free_steps N`): what the run starts from, what it records, and the one-line refusals.
+"""Continuing a trained pose LSTM in a new run (`--init_lstm`), a new LSTM on a trained LSTM's DRNET, and training
+it as it generates (`--free_steps N`): what the run starts from, what it records, and the one-line refusals.
 
 Every test here runs main.py on conftest's two-iteration DRNET (`drnet_dir`); all are marked e2e.
 """
@@ -48,6 +48,21 @@ def test_a_new_run_starts_from_the_trained_lstm_and_its_drnet(start, trained_lst
         torch.testing.assert_close(value, trained["lstm"][name], rtol=tolerance, atol=tolerance)
     for name, value in model.drnet_state_dict().items():
         torch.testing.assert_close(value.float(), trained["model"][name].float(), rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("start", ["lstm/checkpoint.pt", "lstm.pt"])
+def test_a_new_lstm_can_freeze_the_drnet_of_a_trained_lstm(start, trained_lstm, tiny, tmp_path):
+    path = trained_lstm / start  # e.g. the shipped model: a new LSTM of another size on its DRNET
+    resolved = resolve_run(main.build_parser().parse_args(
+        lstm_flags(tiny, tmp_path, "--drnet_checkpoint", str(path), "--rnn_size", "16")))
+    assert resolved.config["rnn_size"] == 16 and resolved.config["drnet_checkpoint"] == str(path)
+    model = predictor_on(resolved.checkpoint, resolved.config)
+    trained = torch.load(trained_lstm / "lstm" / "checkpoint.pt", weights_only=True)
+    for name, value in model.drnet_state_dict().items():
+        torch.testing.assert_close(value.float(), trained["model"][name].float(), rtol=1e-3, atol=1e-3)
+    assert model.lstm.embed.out_features == 16  # a fresh LSTM, not the stored one of size 32
+    main.main(lstm_flags(tiny, tmp_path, "--drnet_checkpoint", str(path), "--rnn_size", "16"))
+    assert torch.load(tmp_path / "lstm" / "checkpoint.pt", weights_only=True)["iteration"] == 1
 
 
 def test_free_steps_are_recorded_train_otherwise_and_survive_resume(trained_lstm, tiny, tmp_path):
