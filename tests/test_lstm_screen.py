@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models import DRNetPredictor
-from tools.lstm_screen import screen, training_loss
+from tools.lstm_screen import ink_centres, screen, training_loss
 
 
 def write_losses(path, losses: dict[int, float]) -> None:
@@ -30,6 +30,13 @@ def test_training_loss_is_nan_without_a_log_or_without_iterations_in_the_window(
     assert math.isnan(training_loss(str(tmp_path / "checkpoint.pt"), 500))
 
 
+def test_ink_centres_are_the_weighted_pixel_positions_over_all_channels():
+    frames = torch.zeros(1, 2, 3, 8, 8)
+    frames[0, 0, 0, 3, 5] = 1.0  # one pixel: its own position
+    frames[0, 1, 1, 2, 2], frames[0, 1, 2, 6, 2] = 1.0, 3.0  # two colours: row (2 * 1 + 6 * 3) / 4 = 5
+    assert ink_centres(frames).tolist() == [[[3.0, 5.0], [5.0, 2.0]]]
+
+
 @pytest.mark.e2e
 def test_screen_rows_hold_every_figure_and_count_blank_roll_outs_as_faded(grey_run, monkeypatch, tmp_path):
     checkpoint = torch.load(grey_run / "lstm" / "checkpoint.pt", weights_only=True)
@@ -42,6 +49,7 @@ def test_screen_rows_hold_every_figure_and_count_blank_roll_outs_as_faded(grey_r
     assert {"identity@10", "true poses@10", "mse@10", "faded@10", "pose mse test", "pose mse unseen train",
             "pose mse trained on", "free pose mse test"} <= set(row) and "identity@50" not in row
     assert all(0 <= row[f"{name}@{step}"] <= 1 for name in ("identity", "true poses", "faded") for step in (1, 10))
+    assert 0 <= row["place px@1"] < 64
     # A model that draws blank frames: every generated frame has faded, and its MSE is the true frames' power.
     monkeypatch.setattr(DRNetPredictor, "predict", lambda self, past, steps: torch.zeros(
         past.shape[0], steps, *past.shape[2:]))

@@ -6,7 +6,8 @@ For each Moving MNIST checkpoint, on the same fixed test clips: the share of rol
 classifier of the evaluation reads as the clip's own digits at steps 1, 10, 50 and 100 (and 200, 500 with
 --steps 500), the same for the decoder fed the true future poses (the ceiling of any pose LSTM with this
 DRNET), the frame MSE at those steps, the share of generated frames that faded (less than half the ink of
-the true frame: a digit lost by fading rather than by turning into another), and the teacher-forced pose
+the true frame: a digit lost by fading rather than by turning into another), how far the generated digit is
+from its true place (the median distance in pixels between the centres of ink), and the teacher-forced pose
 error on test clips (held out), on training clips the run never drew (another seed) and, from the run's
 metrics.csv, on the clips it trained on (its training loss over the last 100 iterations), as
 `main.py --evaluate` would take minutes to give. A training loss well below the error on unseen clips means
@@ -43,6 +44,15 @@ FADED = 0.5  # a generated frame holding less than half the ink of the true one 
 FREE_STEPS = 90  # poses generated for the free-running pose error: the horizon the shipped LSTM trained on
 
 
+def ink_centres(frames: torch.Tensor) -> torch.Tensor:
+    """The centre of ink (row, column) in pixels of each frame of (B, T, C, H, W), all channels together."""
+    ink = frames.sum(2).clamp_min(0)
+    weight = ink.flatten(2).sum(2).clamp_min(1e-6)
+    rows = torch.arange(ink.shape[-2], dtype=ink.dtype)
+    columns = torch.arange(ink.shape[-1], dtype=ink.dtype)
+    return torch.stack([(ink.sum(3) * rows).sum(2) / weight, (ink.sum(2) * columns).sum(2) / weight], dim=-1)
+
+
 def training_loss(path: str, iteration: int) -> float:
     """Mean training pose MSE of the LOSS_WINDOW logged iterations up to `iteration`, from the metrics.csv of
     the run a checkpoint belongs to (`lstm/checkpoint.pt` or `lstm/checkpoints/iter_N.pt`); NaN without one."""
@@ -68,6 +78,7 @@ def screen(path: str, clips: int, steps: int, seed: int) -> dict[str, float]:
     frames, labels = test_set.labelled_sequence_batch(clips, n_past + steps, torch.Generator().manual_seed(seed))
     classifier = digit_classifier(config["data_root"], config["image_width"], torch.device("cpu"))
     rollout, ceiling, squared_error, faded = (torch.zeros(steps) for _ in range(4))
+    distances = []
     for part, part_labels in zip(frames.split(CHUNK_CLIPS), labels.split(CHUNK_CLIPS), strict=True):
         predicted = model.predict(part[:, :n_past], steps)
         content = model.encode_content(part[:, n_past - 1])
@@ -76,12 +87,15 @@ def screen(path: str, clips: int, steps: int, seed: int) -> dict[str, float]:
         ceiling += identity_curve(classifier, true_poses, part_labels) * len(part)
         squared_error += (predicted - part[:, n_past:]).pow(2).flatten(2).mean(2).sum(0)
         faded += (predicted.flatten(2).sum(2) < FADED * part[:, n_past:].flatten(2).sum(2)).sum(0)
+        distances.append((ink_centres(predicted) - ink_centres(part[:, n_past:])).norm(dim=-1))
+    distance = torch.cat(distances).median(dim=0).values
     row = {"iteration": float(checkpoint["iteration"])}
     for step in (s for s in STEPS if s <= steps):
         row[f"identity@{step}"] = rollout[step - 1].item() / clips
         row[f"true poses@{step}"] = ceiling[step - 1].item() / clips
         row[f"mse@{step}"] = squared_error[step - 1].item() / clips
         row[f"faded@{step}"] = faded[step - 1].item() / clips
+        row[f"place px@{step}"] = distance[step - 1].item()
     length = n_past + n_future
     for name, dataset, data_seed in (("test", test_set, seed), ("unseen train", train_set, UNSEEN_TRAIN_SEED)):
         sequences = dataset.sequence_batch(clips, length, torch.Generator().manual_seed(data_seed))
