@@ -49,7 +49,7 @@ def test_screen_rows_hold_every_figure_and_count_blank_roll_outs_as_faded(grey_r
     assert {"identity@10", "true poses@10", "mse@10", "faded@10", "pose mse test", "pose mse unseen train",
             "pose mse trained on", "free pose mse test"} <= set(row) and "identity@50" not in row
     assert all(0 <= row[f"{name}@{step}"] <= 1 for name in ("identity", "true poses", "faded") for step in (1, 10))
-    assert 0 <= row["place px@1"] < 64
+    assert 0 <= row["place px@1"] < 64 and 0 <= row["true poses place px@10"] < 64
     # A model that draws blank frames: every generated frame has faded, and its MSE is the true frames' power.
     monkeypatch.setattr(DRNetPredictor, "predict", lambda self, past, steps: torch.zeros(
         past.shape[0], steps, *past.shape[2:]))

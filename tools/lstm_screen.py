@@ -7,14 +7,14 @@ classifier of the evaluation reads as the clip's own digits at steps 1, 10, 50 a
 --steps 500), the same for the decoder fed the true future poses (the ceiling of any pose LSTM with this
 DRNET), the frame MSE at those steps, the share of generated frames that faded (less than half the ink of
 the true frame: a digit lost by fading rather than by turning into another), how far the generated digit is
-from its true place (the median distance in pixels between the centres of ink), and the teacher-forced pose
-error on test clips (held out), on training clips the run never drew (another seed) and, from the run's
-metrics.csv, on the clips it trained on (its training loss over the last 100 iterations), as
-`main.py --evaluate` would take minutes to give. A training loss well below the error on unseen clips means
-the LSTM has learned its code pool by heart. Last, the free-running pose error on the test clips: the LSTM
-reads 10 true poses, then its own predictions for 90 steps, as when it generates (a run trained with
-`--free_steps` reads back its predictions, so its training loss is closer to this column than to the
-teacher-forced ones). Prints one Markdown row per checkpoint.
+from its true place (the median distance in pixels between the centres of ink; the decoder on true poses
+beside it), and the teacher-forced pose error on test clips (held out), on training clips the run never drew
+(another seed) and, from the run's metrics.csv, on the clips it trained on (its training loss over the last
+100 iterations), as `main.py --evaluate` would take minutes to give. A training loss well below the error on
+unseen clips means the LSTM has learned its code pool by heart. Last, the free-running pose error on the test
+clips: the LSTM reads 10 true poses, then its own predictions for 90 steps, as when it generates (a run
+trained with `--free_steps` reads back its predictions, so its training loss is closer to this column than to
+the teacher-forced ones). Prints one Markdown row per checkpoint.
 """
 
 from __future__ import annotations
@@ -87,8 +87,9 @@ def screen(path: str, clips: int, steps: int, seed: int) -> dict[str, float]:
         ceiling += identity_curve(classifier, true_poses, part_labels) * len(part)
         squared_error += (predicted - part[:, n_past:]).pow(2).flatten(2).mean(2).sum(0)
         faded += (predicted.flatten(2).sum(2) < FADED * part[:, n_past:].flatten(2).sum(2)).sum(0)
-        distances.append((ink_centres(predicted) - ink_centres(part[:, n_past:])).norm(dim=-1))
-    distance = torch.cat(distances).median(dim=0).values
+        truth = ink_centres(part[:, n_past:])
+        distances.append(torch.stack([(ink_centres(drawn) - truth).norm(dim=-1) for drawn in (predicted, true_poses)]))
+    distance, ceiling_distance = torch.cat(distances, dim=1).median(dim=1).values
     row = {"iteration": float(checkpoint["iteration"])}
     for step in (s for s in STEPS if s <= steps):
         row[f"identity@{step}"] = rollout[step - 1].item() / clips
@@ -96,6 +97,7 @@ def screen(path: str, clips: int, steps: int, seed: int) -> dict[str, float]:
         row[f"mse@{step}"] = squared_error[step - 1].item() / clips
         row[f"faded@{step}"] = faded[step - 1].item() / clips
         row[f"place px@{step}"] = distance[step - 1].item()
+        row[f"true poses place px@{step}"] = ceiling_distance[step - 1].item()
     length = n_past + n_future
     for name, dataset, data_seed in (("test", test_set, seed), ("unseen train", train_set, UNSEEN_TRAIN_SEED)):
         sequences = dataset.sequence_batch(clips, length, torch.Generator().manual_seed(data_seed))
