@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "--n_past observed poses the LSTM reads back its predictions N steps at a time, each run "
                       "followed by one true pose; N >= --n_future reads back all of them (not in the paper nor "
                       f"the authors' code, which teacher-force: 0; see docs/lstm.md) ({LSTM_DEFAULTS['free_steps']})")
+    lstm.add_argument("--pose_noise", type=float, help="add Gaussian noise of this standard deviation to the poses "
+                      "the LSTM reads in training, the targets unchanged, so that it learns to bring a pose that left "
+                      "its track back (not in the paper nor the authors' code: 0; see docs/lstm.md) "
+                      f"({LSTM_DEFAULTS['pose_noise']})")
     lstm.add_argument("--init_lstm", metavar="PATH", help="start from this trained pose LSTM (an LSTM checkpoint or a "
                       "pose_lstm file) and freeze the DRNET it was trained on, with a fresh optimizer")
     lstm.add_argument("--drnet_checkpoint", help="the trained DRNET to freeze (default: checkpoint.pt of the run "

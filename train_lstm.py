@@ -44,6 +44,19 @@ METRIC_CLIPS = 32  # fixed test clips for the MSE per step; enough to compare wi
 PICTURE_CLIPS = 4  # fixed test clips shown in the strips and GIFs
 
 
+def input_noise(shape: torch.Size, sigma: float, seed: int, iteration: int, device: torch.device
+                ) -> torch.Tensor | None:
+    """Gaussian noise of standard deviation `sigma` for the poses the LSTM reads at `iteration`; None for 0.
+
+    Drawn from a generator seeded by (seed, iteration) alone, so a resumed run adds exactly the noise the
+    uninterrupted run would have, with no generator state to store.
+    """
+    if sigma == 0:
+        return None
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + iteration)
+    return (sigma * torch.randn(shape, generator=generator)).to(device)
+
+
 def read_back_pattern(steps: int, observed: int, free_steps: int) -> list[bool]:
     """Which of `steps` LSTM inputs are its own predictions: none of the first `observed`, then runs of
     `free_steps` predictions read back, each followed by one true pose. 0 free steps: teacher forcing."""
@@ -51,15 +64,17 @@ def read_back_pattern(steps: int, observed: int, free_steps: int) -> list[bool]:
             for t in range(steps)]
 
 
-def pose_loss(lstm: PoseLSTM, h_c: torch.Tensor, h_p: torch.Tensor, read_back: list[bool] | None = None
-              ) -> torch.Tensor:
+def pose_loss(lstm: PoseLSTM, h_c: torch.Tensor, h_p: torch.Tensor, read_back: list[bool] | None = None,
+              noise: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error of h_p(t) predicted over all T-1 transitions of h_p (B, T, p).
 
     Teacher-forced by default (the paper, both authors' codes): every step reads [h_p(t-1), h_c]. Where
     `read_back` (T-1 flags, `read_back_pattern`) says so, a step reads the LSTM's own previous prediction
-    instead, as in generation, as an input only: no gradient flows through it (`PoseLSTM.unroll`).
+    instead, as in generation, as an input only: no gradient flows through it (`PoseLSTM.unroll`). `noise`
+    (B, T-1, p) is added to the true poses read (`--pose_noise`); the targets stay the true poses.
     """
-    predicted = lstm.unroll(h_c, h_p[:, :-1], read_back or [False] * (h_p.shape[1] - 1))
+    inputs = h_p[:, :-1] if noise is None else h_p[:, :-1] + noise
+    predicted = lstm.unroll(h_c, inputs, read_back or [False] * (h_p.shape[1] - 1))
     target = h_p[:, 1:]
     if predicted.shape != target.shape:  # never broadcast a prediction against its target
         raise ValueError(f"prediction {tuple(predicted.shape)} and target {tuple(target.shape)} differ")
@@ -76,12 +91,13 @@ def encode_clips(model: DRNetPredictor, clips: torch.Tensor, n_past: int) -> tup
 
 
 def lstm_update(lstm: PoseLSTM, optimizer: torch.optim.Optimizer, content: torch.Tensor, poses: torch.Tensor,
-                read_back: list[bool] | None = None) -> torch.Tensor:
-    """One LSTM update on encoded clips: content (B, c), poses (B, T, p); `read_back` as in `pose_loss`.
+                read_back: list[bool] | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """One LSTM update on encoded clips: content (B, c), poses (B, T, p); `read_back` and `noise` as in
+    `pose_loss`.
 
     Returns the MSE, detached.
     """
-    loss = pose_loss(lstm, content, poses, read_back)
+    loss = pose_loss(lstm, content, poses, read_back, noise)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     distributed.average_gradients(optimizer)  # several processes: the gradient of the global batch
@@ -222,7 +238,9 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
     if pool is not None and start:
         refill_pool(pool, pool_file, pool_key, lambda clips: encode_clips(model, clips.to(device), n_past),
                     draw_clips, distributed.data_seed(config["seed"]), min(start, pool.batches), precision, device)
-    drawn = start
+    drawn, iteration = start, start
+    # Checkpoints older than --pose_noise read the true poses as they are, as they began.
+    noise_sigma, noise_seed = config.get("pose_noise", 0.0), distributed.data_seed(config["seed"])
 
     def draw(g: torch.Generator) -> torch.Tensor:
         """Clips while the pool fills (or without a pool), then a batch of pool indices (1-D)."""
@@ -233,6 +251,8 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
     batches = BatchStream(draw, generator, config["data_threads"], pin_memory=device.type == "cuda")
 
     def step(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        nonlocal iteration
+        iteration += 1
         if batch.dim() == 1:
             content, poses = pool.batch(batch)
         else:
@@ -244,7 +264,8 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
                     store_pool(pool, pool_file, pool_key)
         # The LSTM trains in float32: its small matrices gain nothing from bf16 autocast on a CPU (0.61 s
         # against 0.37 s per update of 100 clips measured on an AMX Xeon), and its vectors are tiny.
-        return {"mse": lstm_update(model.lstm, optimizer, content, poses, read_back)}
+        noise = input_noise(poses[:, :-1].shape, noise_sigma, noise_seed, iteration, poses.device)
+        return {"mse": lstm_update(model.lstm, optimizer, content, poses, read_back, noise)}
 
     run_iterations(config, start, "LSTM", batches, step, metrics, save_everything, "--resume True --use_lstm True")
     if board is not None:

@@ -49,9 +49,9 @@ RUN_FLAGS = ("resume", "start_iter", "save_dir", "use_lstm", "evaluate", "checkp
 
 # LSTM stage [py, seed] (drnet-py's train_lstm.py): these replace or add to DEFAULTS when --use_lstm is on.
 LSTM_DEFAULTS = {"lr": 0.0002, "beta1": 0.9, "n_past": 10, "n_future": 10, "rnn_size": 256, "rnn_layers": 2,
-                 "rollout_len": 500, "code_pool": 20000, "free_steps": 0}
+                 "rollout_len": 500, "code_pool": 20000, "free_steps": 0, "pose_noise": 0.0}
 LSTM_COUNTS = ("n_past", "n_future", "rnn_size", "rnn_layers", "rollout_len")  # each must be at least 1
-LSTM_ONLY = (*LSTM_COUNTS, "code_pool", "free_steps", "drnet_checkpoint", "init_lstm")
+LSTM_ONLY = (*LSTM_COUNTS, "code_pool", "free_steps", "pose_noise", "drnet_checkpoint", "init_lstm")
 # What the clips show: a new LSTM run takes these from the DRNET it freezes unless given, so that it learns the
 # poses of the clips that DRNET was trained on (a one-digit DRNET under two-digit clips predicts nonsense).
 DRNET_DATA_KEYS = ("num_digits",)
@@ -69,7 +69,7 @@ VALID_VALUES: dict[str, tuple[Callable[[float], bool], str]] = {
                      "num_digits", *LSTM_COUNTS, "start_iter", "eval_steps", "sync_every"), AT_LEAST_1),
     "eval_clips": (lambda v: v >= 2, "at least 2 (the evaluation pairs clips)"),
     "keep_checkpoints": NOT_NEGATIVE, "gpu": NOT_NEGATIVE, "code_pool": NOT_NEGATIVE,
-    "free_steps": NOT_NEGATIVE,
+    "free_steps": NOT_NEGATIVE, "pose_noise": FINITE_NOT_NEGATIVE,
     "seed": (lambda v: 0 <= v < 2**32, f"from 0 to {2**32 - 1}"),
     "data_threads": (lambda v: 0 <= v <= MAX_AHEAD, f"from 0 to {MAX_AHEAD}: it counts batches prepared ahead, each "
                                                     "held in memory, and a few already keep pace with training"),

@@ -20,7 +20,16 @@ from engine.checkpoints import export_lstm, export_weights, load_model
 from engine.config import LSTM_DEFAULTS, resolve_run
 from engine.pictures import label_strip_width
 from models import DRNet, DRNetPredictor, PoseLSTM
-from train_lstm import CodePool, encode_clips, freeze_drnet, lstm_step, lstm_update, pose_loss, read_back_pattern
+from train_lstm import (
+    CodePool,
+    encode_clips,
+    freeze_drnet,
+    input_noise,
+    lstm_step,
+    lstm_update,
+    pose_loss,
+    read_back_pattern,
+)
 from utils import DRNetError, read_metrics
 
 
@@ -84,6 +93,26 @@ def test_teacher_forced_loss_follows_the_lstm_equations():
         squared_errors.append((predicted - poses[:, t]) ** 2)
     expected = torch.stack(squared_errors).mean()
     torch.testing.assert_close(pose_loss(lstm, content, poses), expected)
+
+
+def test_pose_noise_is_added_to_the_poses_read_and_not_to_the_targets():
+    torch.manual_seed(2)
+    lstm = PoseLSTM(content_dim=2, pose_dim=3, hidden=4, layers=2)
+    content, poses, noise = torch.randn(2, 2), torch.rand(2, 5, 3) * 2 - 1, torch.randn(2, 4, 3) * 0.1
+    expected = ((lstm(content, poses[:, :-1] + noise) - poses[:, 1:]) ** 2).mean()
+    torch.testing.assert_close(pose_loss(lstm, content, poses, noise=noise), expected)
+    assert pose_loss(lstm, content, poses, noise=torch.zeros(2, 4, 3)).item() == pose_loss(lstm, content, poses).item()
+    assert pose_loss(lstm, content, poses, noise=noise).item() != pose_loss(lstm, content, poses).item()
+
+
+def test_input_noise_depends_on_the_seed_and_iteration_alone():
+    shape, cpu = torch.Size([200, 99, 5]), torch.device("cpu")
+    assert input_noise(shape, 0.0, 1, 7, cpu) is None
+    noise = input_noise(shape, 0.05, 1, 7, cpu)
+    assert noise.shape == shape and noise.std().item() == pytest.approx(0.05, rel=0.02)
+    assert torch.equal(noise, input_noise(shape, 0.05, 1, 7, cpu))  # a resumed run draws it again
+    assert not torch.equal(noise, input_noise(shape, 0.05, 1, 8, cpu))
+    assert not torch.equal(noise, input_noise(shape, 0.05, 2, 7, cpu))  # another seed (or rank)
 
 
 def test_read_back_pattern_follows_the_observed_poses_with_runs_of_own_predictions():
@@ -267,7 +296,8 @@ def test_lstm_defaults_and_lr_flag(drnet_dir, shared, tmp_path):
     config = resolve_run(main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "a")])).config
     assert {k: config[k] for k in LSTM_DEFAULTS} == {"lr": 0.0002, "beta1": 0.9, "n_past": 10, "n_future": 10,
                                                           "rnn_size": 256, "rnn_layers": 2, "rollout_len": 500,
-                                                          "code_pool": 20000, "free_steps": 0}
+                                                          "code_pool": 20000, "free_steps": 0,
+                                                          "pose_noise": 0.0}
     assert config["run_dir"] == str(tmp_path / "a" / "lstm")
     config = resolve_run(main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "b"),
                                                               "--lr", "0.001"])).config

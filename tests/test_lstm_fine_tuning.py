@@ -1,5 +1,6 @@
 """Continuing a trained pose LSTM in a new run (`--init_lstm`), a new LSTM on a trained LSTM's DRNET, and training
-it as it generates (`--free_steps N`): what the run starts from, what it records, and the one-line refusals.
+it as it generates (`--free_steps N`) or on noisy poses (`--pose_noise`): what the run starts from, what it records,
+and the one-line refusals.
 
 Every test here runs main.py on conftest's two-iteration DRNET (`drnet_dir`); all are marked e2e.
 """
@@ -79,6 +80,23 @@ def test_free_steps_are_recorded_train_otherwise_and_survive_resume(trained_lstm
     main.main([*lstm_flags(tiny, tmp_path / "free", "--resume", "True"), "--max_iter", "2"])
     resumed = torch.load(tmp_path / "free" / "lstm" / "checkpoint.pt", weights_only=True)
     assert resumed["iteration"] == 2 and resumed["config"]["free_steps"] == 1
+
+
+def test_pose_noise_is_recorded_changes_the_loss_and_resumes_exactly(trained_lstm, tiny, tmp_path):
+    start = ["--init_lstm", str(trained_lstm / "lstm" / "checkpoint.pt"), "--save_iters", "2"]
+    main.main(lstm_flags(tiny, tmp_path / "clean", *start))
+    main.main([*lstm_flags(tiny, tmp_path / "whole", *start, "--pose_noise", "0.5"), "--max_iter", "2"])
+    main.main(lstm_flags(tiny, tmp_path / "parts", *start, "--pose_noise", "0.5"))
+    main.main([*lstm_flags(tiny, tmp_path / "parts", "--resume", "True"), "--max_iter", "2"])
+    clean, whole, parts = (torch.load(tmp_path / name / "lstm" / "checkpoint.pt", weights_only=True)
+                           for name in ("clean", "whole", "parts"))
+    assert [run["config"]["pose_noise"] for run in (clean, whole, parts)] == [0.0, 0.5, 0.5]
+    # The same clips and weights at iteration 1, other inputs: another loss.
+    first_mse = [read_metrics(tmp_path / name / "lstm" / "metrics.csv")[0]["mse"] for name in ("clean", "whole")]
+    assert first_mse[0] != first_mse[1]
+    # Resumed, iteration 2 draws the noise the uninterrupted run drew.
+    assert parts["iteration"] == whole["iteration"] == 2
+    assert all(torch.equal(value, parts["lstm"][name]) for name, value in whole["lstm"].items())
 
 
 @pytest.mark.parametrize("case", ["with_drnet", "not_an_lstm", "other_shape", "on_resume"])
