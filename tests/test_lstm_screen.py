@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from models import DRNetPredictor
+from tools import print_table
 from tools.lstm_screen import ink_centres, screen, training_loss
 
 
@@ -56,3 +57,10 @@ def test_screen_rows_hold_every_figure_and_count_blank_roll_outs_as_faded(grey_r
     blank = screen(path, clips=4, steps=12, seed=2)
     assert blank["faded@1"] == blank["faded@10"] == 1.0
     assert blank["mse@10"] > 0 and blank["pose mse test"] == row["pose mse test"]
+
+
+def test_the_table_has_a_row_per_checkpoint_with_whole_numbers_where_asked(capsys):
+    print_table({"a.pt": {"iteration": 300.0, "mse@1": 0.01234}, "b.pt": {"iteration": 50.0, "mse@1": 0.5}},
+                whole=("iteration",), digits=3)
+    assert capsys.readouterr().out.splitlines() == ["| checkpoint | iteration | mse@1 |", "|---|---|---|",
+                                                    "| a.pt | 300 | 0.012 |", "| b.pt | 50 | 0.500 |"]

@@ -33,6 +33,7 @@ if __name__ == "__main__" and not __package__:  # run by path: our imports need 
 from datasets.moving_mnist import moving_mnist
 from engine.checkpoints import load_checkpoint, model_from_checkpoint
 from evaluation.identity import digit_classifier, identity_curve
+from tools import print_table
 from train_lstm import encode_clips, pose_loss, read_back_pattern
 from utils import read_metrics
 
@@ -118,12 +119,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2, help="which test clips (2)")
     args = parser.parse_args()
     rows = {path: screen(path, args.clips, args.steps, args.seed) for path in args.checkpoints}
-    columns = list(next(iter(rows.values())))
-    print("| checkpoint | " + " | ".join(columns) + " |")
-    print("|---" * (len(columns) + 1) + "|")
-    for path, row in rows.items():
-        print(f"| {path} | " + " | ".join(f"{row[c]:.0f}" if c == "iteration" else f"{row[c]:.4f}" for c in columns)
-              + " |")
+    print_table(rows, whole=("iteration",), digits=4)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ if __name__ == "__main__" and not __package__:  # run by path: our imports need 
 from datasets.moving_mnist import moving_mnist
 from engine.checkpoints import load_checkpoint, model_from_checkpoint
 from models import DRNet
+from tools import print_table
 from utils import DRNetError
 
 TRAIN_FRAMES = 20  # frames per training clip of the probe: as many as a DRNET's clips hold
@@ -119,12 +120,7 @@ def main() -> None:
     except DRNetError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    columns = list(next(iter(rows.values())))
-    print("| checkpoint | " + " | ".join(columns) + " |")
-    print("|---" * (len(columns) + 1) + "|")
-    for path, row in rows.items():
-        figures = (f"{row[c]:.0f}" if c == "axes fitted" else f"{row[c]:.3f}" for c in columns)
-        print(f"| {path} | " + " | ".join(figures) + " |")
+    print_table(rows, whole=("axes fitted",), digits=3)
 
 
 if __name__ == "__main__":
