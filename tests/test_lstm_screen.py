@@ -8,7 +8,7 @@ import torch
 
 from models import DRNetPredictor
 from tools import print_table
-from tools.lstm_screen import ink_centres, screen, training_loss
+from tools.lstm_screen import ink_centres, main, screen, step_label, training_loss
 
 
 def write_losses(path, losses: dict[int, float]) -> None:
@@ -59,8 +59,40 @@ def test_screen_rows_hold_every_figure_and_count_blank_roll_outs_as_faded(grey_r
     assert blank["mse@10"] > 0 and blank["pose mse test"] == row["pose mse test"]
 
 
+@pytest.mark.e2e
+def test_a_window_averages_each_figure_over_the_steps_that_end_at_its_step(grey_run, monkeypatch, tmp_path):
+    checkpoint = torch.load(grey_run / "lstm" / "checkpoint.pt", weights_only=True)
+    for config in (checkpoint["config"], checkpoint["drnet_config"]):
+        config["num_digits"] = 1
+    path = str(tmp_path / "checkpoint.pt")
+    torch.save(checkpoint, path)
+    monkeypatch.chdir(grey_run.parent)
+    monkeypatch.setattr("tools.lstm_screen.STEPS", tuple(range(1, 9)))  # every step, to average by hand
+    each = screen(path, clips=4, steps=8, seed=2)
+    averaged = screen(path, clips=4, steps=8, seed=2, window=3, rollout_only=True)
+    assert "identity@6-8" in averaged and "identity@8" not in averaged and "identity@1" in averaged
+    for name in ("identity", "mse", "faded", "place px"):
+        assert averaged[f"{name}@6-8"] == pytest.approx(sum(each[f"{name}@{s}"] for s in (6, 7, 8)) / 3)
+        assert averaged[f"{name}@1-2"] == pytest.approx((each[f"{name}@1"] + each[f"{name}@2"]) / 2)
+    assert math.isnan(averaged["true poses@6-8"]) and math.isnan(averaged["true poses place px@6-8"])
+    assert not math.isnan(each["true poses@8"]) and averaged["pose mse test"] == each["pose mse test"]
+
+
+def test_step_labels_name_the_window_clipped_at_the_first_step():
+    assert [step_label(s, 1) for s in (1, 100)] == ["1", "100"]
+    assert [step_label(s, 50) for s in (1, 10, 100, 500)] == ["1", "1-10", "51-100", "451-500"]
+
+
 def test_the_table_has_a_row_per_checkpoint_with_whole_numbers_where_asked(capsys):
     print_table({"a.pt": {"iteration": 300.0, "mse@1": 0.01234}, "b.pt": {"iteration": 50.0, "mse@1": 0.5}},
                 whole=("iteration",), digits=3)
     assert capsys.readouterr().out.splitlines() == ["| checkpoint | iteration | mse@1 |", "|---|---|---|",
                                                     "| a.pt | 300 | 0.012 |", "| b.pt | 50 | 0.500 |"]
+
+
+@pytest.mark.parametrize("flag", ["--window", "--clips", "--steps"])
+def test_a_count_below_one_is_refused_in_one_line_before_any_checkpoint_is_read(monkeypatch, capsys, flag):
+    monkeypatch.setattr("sys.argv", ["lstm_screen", "missing.pt", flag, "0"])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert stop.value.code == 2 and "must be at least 1" in capsys.readouterr().err

@@ -15,6 +15,14 @@ unseen clips means the LSTM has learned its code pool by heart. Last, the free-r
 clips: the LSTM reads 10 true poses, then its own predictions for 90 steps, as when it generates (a run
 trained with `--free_steps` reads back its predictions, so its training loss is closer to this column than to
 the teacher-forced ones). Prints one Markdown row per checkpoint.
+
+Over long roll-outs the share at one step of 100 clips is too noisy to rank checkpoints: `--window W` averages
+every per-step figure over the W steps that end at the step (clipped at step 1), e.g. 300 clips over 500 frames,
+the figures of steps 451-500 in the last column:
+
+    python -m tools.lstm_screen CHECKPOINTS --clips 300 --steps 500 --seed 7 --window 50 --rollout_only
+
+`--rollout_only` leaves out the decoder on true poses (its columns read NaN), which halves the time.
 """
 
 from __future__ import annotations
@@ -64,9 +72,16 @@ def training_loss(path: str, iteration: int) -> float:
     return sum(losses) / len(losses) if losses else math.nan
 
 
+def step_label(step: int, window: int) -> str:
+    """The column suffix of a figure at `step` averaged over `window` steps: "100", or "51-100" for window 50."""
+    first = max(1, step - window + 1)
+    return f"{step}" if first == step else f"{first}-{step}"
+
+
 @torch.no_grad()
-def screen(path: str, clips: int, steps: int, seed: int) -> dict[str, float]:
-    """The identity, MSE and pose-error figures of one LSTM-stage checkpoint."""
+def screen(path: str, clips: int, steps: int, seed: int, window: int = 1,
+           rollout_only: bool = False) -> dict[str, float]:
+    """The identity, MSE and pose-error figures of one LSTM-stage checkpoint, each averaged over `window` steps."""
     checkpoint = load_checkpoint(path)
     model = model_from_checkpoint(checkpoint).eval()
     config, n_past, n_future = model.config, checkpoint["config"]["n_past"], checkpoint["config"]["n_future"]
@@ -82,23 +97,30 @@ def screen(path: str, clips: int, steps: int, seed: int) -> dict[str, float]:
     distances = []
     for part, part_labels in zip(frames.split(CHUNK_CLIPS), labels.split(CHUNK_CLIPS), strict=True):
         predicted = model.predict(part[:, :n_past], steps)
-        content = model.encode_content(part[:, n_past - 1])
-        true_poses = model.decode_sequence(content, model.encode_pose_sequence(part[:, n_past:]))
+        if rollout_only:
+            true_poses = torch.full_like(predicted, math.nan)
+        else:
+            content = model.encode_content(part[:, n_past - 1])
+            true_poses = model.decode_sequence(content, model.encode_pose_sequence(part[:, n_past:]))
+            ceiling += identity_curve(classifier, true_poses, part_labels) * len(part)
         rollout += identity_curve(classifier, predicted, part_labels) * len(part)
-        ceiling += identity_curve(classifier, true_poses, part_labels) * len(part)
         squared_error += (predicted - part[:, n_past:]).pow(2).flatten(2).mean(2).sum(0)
         faded += (predicted.flatten(2).sum(2) < FADED * part[:, n_past:].flatten(2).sum(2)).sum(0)
         truth = ink_centres(part[:, n_past:])
         distances.append(torch.stack([(ink_centres(drawn) - truth).norm(dim=-1) for drawn in (predicted, true_poses)]))
     distance, ceiling_distance = torch.cat(distances, dim=1).median(dim=1).values
+    if rollout_only:
+        ceiling[:] = math.nan
     row = {"iteration": float(checkpoint["iteration"])}
     for step in (s for s in STEPS if s <= steps):
-        row[f"identity@{step}"] = rollout[step - 1].item() / clips
-        row[f"true poses@{step}"] = ceiling[step - 1].item() / clips
-        row[f"mse@{step}"] = squared_error[step - 1].item() / clips
-        row[f"faded@{step}"] = faded[step - 1].item() / clips
-        row[f"place px@{step}"] = distance[step - 1].item()
-        row[f"true poses place px@{step}"] = ceiling_distance[step - 1].item()
+        steps_in = slice(max(0, step - window), step)
+        label = step_label(step, window)
+        row[f"identity@{label}"] = rollout[steps_in].mean().item() / clips
+        row[f"true poses@{label}"] = ceiling[steps_in].mean().item() / clips
+        row[f"mse@{label}"] = squared_error[steps_in].mean().item() / clips
+        row[f"faded@{label}"] = faded[steps_in].mean().item() / clips
+        row[f"place px@{label}"] = distance[steps_in].mean().item()
+        row[f"true poses place px@{label}"] = ceiling_distance[steps_in].mean().item()
     length = n_past + n_future
     for name, dataset, data_seed in (("test", test_set, seed), ("unseen train", train_set, UNSEEN_TRAIN_SEED)):
         sequences = dataset.sequence_batch(clips, length, torch.Generator().manual_seed(data_seed))
@@ -117,8 +139,13 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=100, help="test clips per checkpoint (100)")
     parser.add_argument("--steps", type=int, default=100, help="frames generated after 10 observed ones (100)")
     parser.add_argument("--seed", type=int, default=2, help="which test clips (2)")
+    parser.add_argument("--window", type=int, default=1, help="steps each figure averages, ending at its step (1)")
+    parser.add_argument("--rollout_only", action="store_true", help="leave out the decoder on true poses")
     args = parser.parse_args()
-    rows = {path: screen(path, args.clips, args.steps, args.seed) for path in args.checkpoints}
+    if min(args.clips, args.steps, args.window) < 1:
+        parser.error("--clips, --steps and --window must be at least 1")
+    rows = {path: screen(path, args.clips, args.steps, args.seed, args.window, args.rollout_only)
+            for path in args.checkpoints}
     print_table(rows, whole=("iteration",), digits=4)
 
 
