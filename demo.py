@@ -25,7 +25,7 @@ from engine.pictures import save_analogy_grid, save_image_grid, save_rollout
 from evaluation.transfer import content_transfer, digit_channels, swap_set
 from utils import USER_ERROR, DRNetError, check_writable, setup_logging
 
-# The shipped pose LSTM (2 MB); loading it takes the DRNET from drnet_mnist_fp16.pt beside it (runs.export_lstm).
+# The shipped pose LSTM (8.6 MB); loading it takes the DRNET from drnet_mnist_fp16.pt beside it (export_lstm).
 SHIPPED_MODEL = Path(__file__).parent / "saved_results" / "pose_lstm_mnist_fp16.pt"
 SWAP_CLIPS, SWAPS_SHOWN, ROLLOUT_CLIPS = 200, 8, 4
 

@@ -226,7 +226,7 @@ def export_lstm(checkpoint: dict, drnet_file: str | Path, path: str | Path) -> N
     `drnet_file` is a half-precision export of the DRNET the LSTM was trained on (the DRNET weights of
     `checkpoint` in half precision must equal its own); the result names it and holds the checksum of its
     weights, so that `load_checkpoint` combines the two and notices when that file changed. A new LSTM for
-    a shipped DRNET thus adds a 2 MB file instead of another copy of the 23 MB DRNET.
+    a shipped DRNET thus adds a file of 2-9 MB (256 or 512 units) instead of another copy of the 23 MB DRNET.
     """
     drnet_file = Path(drnet_file)
     drnet = load_checkpoint(drnet_file)

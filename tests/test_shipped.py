@@ -30,7 +30,7 @@ def shipped():
 
 def test_the_shipped_file_is_small_and_holds_the_drnet_and_its_lstm(shipped):
     model, _ = shipped
-    assert SHIPPED_MODEL.stat().st_size < 3e6  # the pose LSTM alone; the DRNET is the file beside it
+    assert SHIPPED_MODEL.stat().st_size < 10e6  # the pose LSTM alone (512 units, 8.6 MB); the DRNET is beside it
     assert (SHIPPED_MODEL.parent / torch.load(SHIPPED_MODEL, weights_only=True)["drnet_file"]).stat().st_size < 30e6
     assert hasattr(model, "predict") and not model.training
     assert all(p.dtype == torch.float32 for p in model.parameters())  # stored in fp16, loaded as fp32
@@ -66,6 +66,6 @@ def test_the_shipped_lstm_keeps_the_digit_for_100_steps(shipped, tmp_path):
         predicted = model.predict(clips[:, :10], 100)
     identity = identity_curve(classifier, predicted, labels)
     assert identity_curve(classifier, clips[:, 10:], labels).mean() > 0.9  # the classifier reads the true frames
-    # These 64 clips read 0.84 at step 10 and 0.88 at step 100 with the shipped LSTM (the evaluation's 100 clips:
-    # 0.92 and 0.89, the decoder on true poses 0.95 and 0.89; the LSTM shipped before: 0.90 and 0.80).
+    # These 64 clips read 0.89 at step 10 and 0.88 at step 100 with the shipped LSTM (the evaluation's 100 clips:
+    # 0.94 and 0.91, the decoder on true poses 0.94 and 0.92; the LSTMs shipped before: 0.92 and 0.89, 0.90 and 0.80).
     assert identity[9] >= 0.8 and identity[99] >= 0.8
