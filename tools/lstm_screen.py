@@ -93,12 +93,13 @@ def screen(path: str, clips: int, steps: int, seed: int, window: int = 1,
     test_set, train_set = split("test"), split("train")
     frames, labels = test_set.labelled_sequence_batch(clips, n_past + steps, torch.Generator().manual_seed(seed))
     classifier = digit_classifier(config["data_root"], config["image_width"], torch.device("cpu"))
-    rollout, ceiling, squared_error, faded = (torch.zeros(steps) for _ in range(4))
+    rollout, squared_error, faded = (torch.zeros(steps) for _ in range(3))
+    ceiling = torch.full((steps,), math.nan if rollout_only else 0.0)  # without true poses, its columns read NaN
     distances = []
     for part, part_labels in zip(frames.split(CHUNK_CLIPS), labels.split(CHUNK_CLIPS), strict=True):
         predicted = model.predict(part[:, :n_past], steps)
         if rollout_only:
-            true_poses = torch.full_like(predicted, math.nan)
+            true_poses = torch.full_like(predicted, math.nan)  # and so does the place it draws
         else:
             content = model.encode_content(part[:, n_past - 1])
             true_poses = model.decode_sequence(content, model.encode_pose_sequence(part[:, n_past:]))
@@ -109,8 +110,6 @@ def screen(path: str, clips: int, steps: int, seed: int, window: int = 1,
         truth = ink_centres(part[:, n_past:])
         distances.append(torch.stack([(ink_centres(drawn) - truth).norm(dim=-1) for drawn in (predicted, true_poses)]))
     distance, ceiling_distance = torch.cat(distances, dim=1).median(dim=1).values
-    if rollout_only:
-        ceiling[:] = math.nan
     row = {"iteration": float(checkpoint["iteration"])}
     for step in (s for s in STEPS if s <= steps):
         steps_in = slice(max(0, step - window), step)
