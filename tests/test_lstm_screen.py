@@ -38,14 +38,21 @@ def test_ink_centres_are_the_weighted_pixel_positions_over_all_channels():
     assert ink_centres(frames).tolist() == [[[3.0, 5.0], [5.0, 2.0]]]
 
 
-@pytest.mark.e2e
-def test_screen_rows_hold_every_figure_and_count_blank_roll_outs_as_faded(grey_run, monkeypatch, tmp_path):
+@pytest.fixture
+def one_digit_lstm(grey_run, monkeypatch, tmp_path) -> str:
+    """The grey run's LSTM checkpoint marked as one digit (which the classifier reads), run from beside its data."""
     checkpoint = torch.load(grey_run / "lstm" / "checkpoint.pt", weights_only=True)
-    for config in (checkpoint["config"], checkpoint["drnet_config"]):  # one grey digit, which the classifier reads
+    for config in (checkpoint["config"], checkpoint["drnet_config"]):
         config["num_digits"] = 1
     path = str(tmp_path / "checkpoint.pt")
     torch.save(checkpoint, path)
     monkeypatch.chdir(grey_run.parent)  # the run's data root is `data` beside it
+    return path
+
+
+@pytest.mark.e2e
+def test_screen_rows_hold_every_figure_and_count_blank_roll_outs_as_faded(one_digit_lstm, monkeypatch):
+    path = one_digit_lstm
     row = screen(path, clips=4, steps=12, seed=2)
     assert {"identity@10", "true poses@10", "mse@10", "faded@10", "pose mse test", "pose mse unseen train",
             "pose mse trained on", "free pose mse test"} <= set(row) and "identity@50" not in row
@@ -60,13 +67,8 @@ def test_screen_rows_hold_every_figure_and_count_blank_roll_outs_as_faded(grey_r
 
 
 @pytest.mark.e2e
-def test_a_window_averages_each_figure_over_the_steps_that_end_at_its_step(grey_run, monkeypatch, tmp_path):
-    checkpoint = torch.load(grey_run / "lstm" / "checkpoint.pt", weights_only=True)
-    for config in (checkpoint["config"], checkpoint["drnet_config"]):
-        config["num_digits"] = 1
-    path = str(tmp_path / "checkpoint.pt")
-    torch.save(checkpoint, path)
-    monkeypatch.chdir(grey_run.parent)
+def test_a_window_averages_each_figure_over_the_steps_that_end_at_its_step(one_digit_lstm, monkeypatch):
+    path = one_digit_lstm
     monkeypatch.setattr("tools.lstm_screen.STEPS", tuple(range(1, 9)))  # every step, to average by hand
     each = screen(path, clips=4, steps=8, seed=2)
     averaged = screen(path, clips=4, steps=8, seed=2, window=3, rollout_only=True)
