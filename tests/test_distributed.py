@@ -16,9 +16,9 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn as nn
 from fakes.mnist import write_mnist_files
+from fakes.runs import small_mnist_config
 
 import train_drnet
-from datasets.registry import DATASETS
 from engine import checkpoints, distributed
 from engine.checkpoints import load_checkpoint
 from models import DRNet, DRNetPredictor
@@ -37,12 +37,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def tiny_config() -> dict:
-    """The Moving MNIST networks with one channel and small vectors."""
-    entry = {k: v for k, v in DATASETS["mnist"].items() if k != "loader"}
-    return {**entry, "channels": 1, "content_dim": 8, "pose_dim": 3}
 
 
 def pairs_in_fours(h_p1: torch.Tensor, h_p2: torch.Tensor, generator: torch.Generator
@@ -64,7 +58,7 @@ def drnet_step(part: slice) -> dict:
     """One DRNET `train_step` on clips `part` of a fixed batch: the state before and after, and the losses."""
     torch.manual_seed(0)
     frames = torch.rand(4, CLIPS, 1, 64, 64)
-    model = distributed.sync_batchnorm(DRNet(tiny_config()), torch.device("cpu"))
+    model = distributed.sync_batchnorm(DRNet(small_mnist_config()), torch.device("cpu"))
     optimizers = {"main": torch.optim.SGD([*model.content_encoder.parameters(), *model.pose_encoder.parameters(),
                                            *model.decoder.parameters()], lr=LR),
                   "discriminator": torch.optim.SGD(model.scene_discriminator.parameters(), lr=LR)}
@@ -81,7 +75,7 @@ def lstm_step_of(part: slice) -> dict:
     """One `lstm_step` on clips `part` of a fixed batch: the LSTM's weights before and after."""
     torch.manual_seed(0)
     clips = torch.rand(CLIPS, 4, 1, 64, 64)
-    model = DRNetPredictor(tiny_config(), {"rnn_size": 16, "rnn_layers": 1})
+    model = DRNetPredictor(small_mnist_config(), {"rnn_size": 16, "rnn_layers": 1})
     freeze_drnet(model)
     before = float_state(model.lstm)
     lstm_step(model, torch.optim.SGD(model.lstm.parameters(), lr=LR), clips[part], n_past=2)

@@ -12,10 +12,10 @@ from pathlib import Path
 import imageio.v2 as imageio
 import pytest
 import torch
+from fakes.runs import small_mnist_config
 from PIL import Image, ImageFont
 
 import main
-from datasets.registry import DATASETS
 from engine.checkpoints import export_lstm, export_weights, load_model
 from engine.config import LSTM_DEFAULTS, resolve_run
 from engine.pictures import label_strip_width
@@ -40,12 +40,6 @@ def lstm_dir(drnet_dir, tiny) -> tuple[Path, dict[str, str]]:
     main.main(["--use_lstm", "True", "--save_dir", str(drnet_dir), "--max_iter", "2", "--save_iters", "1",
                "--rollout_len", "12", *tiny])
     return drnet_dir / "lstm", before
-
-
-def small_config() -> dict:
-    """The Moving MNIST architecture with small vectors, for unit tests of the networks."""
-    entry = {k: v for k, v in DATASETS["mnist"].items() if k != "loader"}
-    return {**entry, "channels": 1, "content_dim": 8, "pose_dim": 3}
 
 
 def test_pose_lstm_state_is_per_call_and_batch_size_independent():
@@ -193,7 +187,7 @@ def test_broadcasting_pose_shapes_are_rejected():
 
 def test_no_gradient_reaches_the_frozen_drnet(monkeypatch):
     torch.manual_seed(2)
-    model = DRNetPredictor(small_config(), {"rnn_size": 16, "rnn_layers": 1})
+    model = DRNetPredictor(small_mnist_config(), {"rnn_size": 16, "rnn_layers": 1})
     freeze_drnet(model)
     drnet_before = {k: v.clone() for k, v in model.drnet_state_dict().items()}  # BatchNorm statistics too
     lstm_before = {k: v.clone() for k, v in model.lstm.state_dict().items()}
@@ -335,7 +329,7 @@ def test_resume_equals_one_uninterrupted_run(drnet_dir, tiny, tmp_path):
 
 def test_a_pool_batch_trains_the_lstm_exactly_as_encoding_its_clips():
     torch.manual_seed(3)
-    model = DRNetPredictor(small_config(), {"rnn_size": 16, "rnn_layers": 1})
+    model = DRNetPredictor(small_mnist_config(), {"rnn_size": 16, "rnn_layers": 1})
     freeze_drnet(model)
     clips = [torch.rand(3, 4, 1, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     pool = CodePool(batches=2, batch_size=3)
@@ -350,14 +344,14 @@ def test_a_pool_batch_trains_the_lstm_exactly_as_encoding_its_clips():
     assert torch.equal(content, encoded[0]) and torch.equal(poses, encoded[1])
 
     def trained(update) -> dict[str, torch.Tensor]:
-        lstm = DRNetPredictor(small_config(), {"rnn_size": 16, "rnn_layers": 1}).lstm
+        lstm = DRNetPredictor(small_mnist_config(), {"rnn_size": 16, "rnn_layers": 1}).lstm
         lstm.load_state_dict(model.lstm.state_dict())
         optimizer = torch.optim.Adam(lstm.parameters(), lr=0.01)
         update(lstm, optimizer)
         return lstm.state_dict()
 
     from_pool = trained(lambda lstm, optimizer: lstm_update(lstm, optimizer, content, poses))
-    model_copy = DRNetPredictor(small_config(), {"rnn_size": 16, "rnn_layers": 1})
+    model_copy = DRNetPredictor(small_mnist_config(), {"rnn_size": 16, "rnn_layers": 1})
     model_copy.load_state_dict(model.state_dict())
     freeze_drnet(model_copy)
 

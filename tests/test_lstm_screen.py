@@ -5,8 +5,8 @@ import math
 
 import pytest
 import torch
+from fakes.runs import small_mnist_config
 
-from datasets.registry import DATASETS
 from models import DRNetPredictor
 from tools import print_table
 from tools.lstm_screen import encode_in_chunks, ink_centres, main, screen, step_label, training_loss
@@ -82,13 +82,9 @@ def test_a_window_averages_each_figure_over_the_steps_that_end_at_its_step(one_d
     assert not math.isnan(each["true poses@8"]) and averaged["pose mse test"] == each["pose mse test"]
 
 
-
-
 def test_clips_encoded_in_chunks_match_the_clips_encoded_at_once(monkeypatch):
     torch.manual_seed(0)
-    config = {**{k: v for k, v in DATASETS["mnist"].items() if k != "loader"}, "channels": 1, "content_dim": 8,
-              "pose_dim": 3}
-    model = DRNetPredictor(config, {"rnn_size": 16, "rnn_layers": 1}).eval()
+    model = DRNetPredictor(small_mnist_config(), {"rnn_size": 16, "rnn_layers": 1}).eval()
     clips = torch.rand(5, 4, 1, 64, 64)
     monkeypatch.setattr("tools.lstm_screen.CHUNK_CLIPS", 2)  # chunks of 2, 2 and 1 clips
     with torch.no_grad():
@@ -96,6 +92,7 @@ def test_clips_encoded_in_chunks_match_the_clips_encoded_at_once(monkeypatch):
     assert chunked[0].shape == (5, 8) and chunked[1].shape == (5, 4, 3)
     for got, expected in zip(chunked, at_once, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
 
 def test_step_labels_name_the_window_clipped_at_the_first_step():
     assert [step_label(s, 1) for s in (1, 100)] == ["1", "100"]

@@ -1,5 +1,6 @@
-"""Tiny runs: the flags of a tiny run, a run directory or checkpoint saved without training, a child process
-running main.py with a patch, fewer fixed test clips, and the checks of a tiny run of each dataset."""
+"""Tiny runs: the small Moving MNIST networks of unit tests, the flags of a tiny run, a run directory or
+checkpoint saved without training, a child process running main.py with a patch, fewer fixed test clips, and
+the checks of a tiny run of each dataset."""
 
 import contextlib
 import csv
@@ -27,6 +28,12 @@ from models import DRNet, DRNetPredictor
 from utils import MetricsLog, read_metrics, save_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def small_mnist_config() -> dict:
+    """The Moving MNIST networks with one channel and small vectors, for unit tests of the networks."""
+    entry = {k: v for k, v in DATASETS["mnist"].items() if k != "loader"}
+    return {**entry, "channels": 1, "content_dim": 8, "pose_dim": 3}
 
 
 def tiny_flags(run_dir: Path, data_root: Path, *extra: str, dataset: str | None = None, max_iter: int = 1,
