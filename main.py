@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 from datasets.moving_mnist import SAMPLINGS
 from datasets.prefetch import MAX_AHEAD
 from datasets.registry import DATASETS, build_dataset, defaults_table
@@ -134,9 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--compile", **boolean, help="compile the networks with torch.compile: a slow first iteration, "
                                                   "then faster ones where it helps (see docs/speed.md; "
                                                   f"{DEFAULTS['compile']})")
-    run.add_argument("--cuda_graph", **boolean, help="capture the whole DRNET iteration as one CUDA graph and "
-                                                     "replay it (CUDA only; see docs/gpu.md; "
-                                                     f"{DEFAULTS['cuda_graph']})")
+    run.add_argument("--cuda_graph", **boolean, help="capture the whole DRNET iteration, or the LSTM update once "
+                                                     "its clip pool is full, as one CUDA graph and replay it (CUDA "
+                                                     f"only; see docs/gpu.md; {DEFAULTS['cuda_graph']})")
     run.add_argument("--sync_every", type=int, help="read the losses from the device every N iterations; between "
                                                     "reads a GPU runs ahead of Python instead of waiting for it. "
                                                     "metrics.csv still gets every iteration, and every save reads "
@@ -204,6 +206,13 @@ def parse_flags(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args([*tokens, *argv])
 
 
+def check_cuda_graph(config: dict, device: torch.device) -> None:
+    """Refuse `--cuda_graph True` where it cannot record: on anything but one CUDA GPU in one process."""
+    if config["cuda_graph"] and (device.type != "cuda" or distributed.launched()):
+        raise DRNetError(f"--cuda_graph True needs one CUDA GPU in one process; this run is on {device}"
+                         + (" under torchrun" if distributed.launched() else "") + ": drop the flag")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse flags, check configuration, device and data, then hold the run directory and run the stage.
 
@@ -235,9 +244,7 @@ def main(argv: list[str] | None = None) -> None:
             log.setLevel(logging.ERROR)  # rank 0 reports; the others say only what stops them
         per_rank = distributed.per_rank_batch(config["batch_size"], 1 if args.use_lstm else 2)
         precision = pick_precision(config["amp"], device)
-        if config["cuda_graph"] and (device.type != "cuda" or distributed.launched()):
-            raise DRNetError(f"--cuda_graph True needs one CUDA GPU in one process; this run is on {device}"
-                             + (" under torchrun" if distributed.launched() else "") + ": drop the flag")
+        check_cuda_graph(config, device)
         if config["compile"] and (failure := compile_check()):
             raise DRNetError(f"--compile True: torch.compile does not work here ({failure}); drop the flag")
         if config["tensorboard"] and tensorboard_missing():

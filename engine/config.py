@@ -213,9 +213,11 @@ def check_config(config: dict, lstm: bool = False) -> None:
                          "draw their frames independently within --max_step: drop the flag")
     if config["sampling"] == "lua" and config["max_step"] < 3:
         raise DRNetError(f"--sampling lua needs --max_step of at least 3, got {config['max_step']}")
-    if config["cuda_graph"] and (lstm or config["compile"]):
-        raise DRNetError("--cuda_graph True captures the eager DRNET step only: drop "
-                         + ("it for the LSTM stage" if lstm else "--compile True"))
+    if config["cuda_graph"] and config["compile"]:
+        raise DRNetError("--cuda_graph True captures the eager step: drop --compile True")
+    if config["cuda_graph"] and lstm and not config.get("code_pool"):
+        raise DRNetError("--cuda_graph True captures the LSTM update on the clip pool's stored vectors: give "
+                         "--code_pool a number of clips, or drop --cuda_graph")
     if config["batch_size"] < 2 and not lstm:  # the LSTM stage has no scene discriminator
         raise DRNetError("--batch_size must be at least 2: the scene discriminator pairs different clips")
     if config["dataset"] != "mnist" and not os.path.isdir(config["data_root"]):  # only MNIST downloads into it

@@ -24,6 +24,8 @@ from engine.precision import (
     to_channels_last,
     uses_channels_last,
 )
+from models import PoseLSTM
+from train_lstm import captured_update, lstm_update
 from utils import read_metrics
 
 CPU = torch.device("cpu")
@@ -238,9 +240,76 @@ def test_set_capturable_puts_adam_step_counts_where_the_setting_needs_them():
 @pytest.mark.parametrize(("flags", "message"), [
     (["--cuda_graph", "True"], "--cuda_graph True needs one CUDA GPU in one process; this run is on cpu: drop the "
                                "flag"),
-    (["--cuda_graph", "True", "--compile", "True"], "--cuda_graph True captures the eager DRNET step only: drop "
-                                                    "--compile True"),
+    (["--cuda_graph", "True", "--compile", "True"], "--cuda_graph True captures the eager step: drop --compile True"),
 ])
 def test_cuda_graph_where_it_cannot_run_is_one_line(tiny_args, tmp_path, fails_with_one_line, flags, message):
     fails_with_one_line(tiny_args(*flags), f"error: {message}", alone=True)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("pool", "message"), [
+    ("0", "--cuda_graph True captures the LSTM update on the clip pool's stored vectors: give --code_pool a number "
+          "of clips, or drop --cuda_graph"),
+    ("8", "--cuda_graph True needs one CUDA GPU in one process; this run is on cpu: drop the flag"),
+])
+def test_a_captured_lstm_stage_needs_a_pool_and_a_gpu(pool, message, drnet_dir, tiny, tmp_path, fails_with_one_line):
+    fails_with_one_line(["--use_lstm", "True", "--drnet_checkpoint", str(drnet_dir / "checkpoint.pt"), "--save_dir",
+                         str(tmp_path / "run"), "--cuda_graph", "True", "--code_pool", pool, *tiny],
+                        f"error: {message}", alone=True)
+    assert not (tmp_path / "run" / "lstm" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.05])
+def test_the_static_lstm_update_after_its_warm_up_trains_exactly_as_the_eager_update(sigma):
+    """`--cuda_graph True` in the LSTM stage as far as a CPU can check it: static copies of the pool batch (and the
+    noise), warm-up updates taken back, then the same losses, weights and Adam moments as eager updates."""
+    def fresh() -> tuple[PoseLSTM, torch.optim.Optimizer]:
+        torch.manual_seed(4)
+        lstm = PoseLSTM(content_dim=6, pose_dim=3, hidden=8)
+        return lstm, adam(lstm.parameters(), 0.01, 0.9)
+
+    generator = torch.Generator().manual_seed(2)
+    batches = [(torch.randn(5, 6, generator=generator), torch.randn(5, 7, 3, generator=generator),
+                sigma * torch.randn(5, 6, 3, generator=generator)) for _ in range(3)]
+    read_back = [False] * 6
+    (eager, eager_adam), (static, static_adam) = fresh(), fresh()
+    expected = [lstm_update(eager, eager_adam, content, poses, read_back, noise if sigma else None)
+                for content, poses, noise in batches]
+    update = captured_update(static, static_adam, batches[0] if sigma else batches[0][:2], read_back, capture=False)
+    got = [update(*(batch if sigma else batch[:2])) for batch in batches]
+    assert all(torch.equal(want, have) for want, have in zip(expected, got, strict=True))
+    assert len(set(float(loss) for loss in got)) == 3  # three different batches, three updates
+    for (name, a), b in zip(eager.state_dict().items(), static.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    weight = next(static.parameters())
+    assert static_adam.state[weight]["step"].item() == 3  # the warm-up's updates were taken back
+    assert torch.equal(static_adam.state[weight]["exp_avg"], eager_adam.state[next(eager.parameters())]["exp_avg"])
+
+
+@pytest.mark.e2e
+def test_a_run_with_its_lstm_update_on_static_inputs_equals_an_eager_run(drnet_dir, tiny, tmp_path, monkeypatch):
+    """The LSTM stage of `--cuda_graph True` on a CPU: the update is wrapped once the pool is full (after 2 of 5
+    iterations), on static inputs without recording; the weights, Adam and the losses are an eager run's."""
+    import train_lstm
+
+    wrapped = []
+
+    def static_update(*args, **kwargs):
+        wrapped.append(1)
+        return captured_update(*args, **kwargs, capture=False)
+
+    common = ["--use_lstm", "True", "--drnet_checkpoint", str(drnet_dir / "checkpoint.pt"), "--rollout_len", "3",
+              "--save_iters", "5", "--max_iter", "5", "--code_pool", "8", "--pose_noise", "0.05", *tiny]
+    main.main([*common, "--save_dir", str(tmp_path / "eager")])
+    monkeypatch.setattr(main, "check_cuda_graph", lambda config, device: None)
+    monkeypatch.setattr(train_lstm, "captured_update", static_update)
+    main.main([*common, "--save_dir", str(tmp_path / "static"), "--cuda_graph", "True"])
+    assert wrapped == [1]
+    runs = {name: torch.load(tmp_path / name / "lstm" / "checkpoint.pt", weights_only=True)
+            for name in ("eager", "static")}
+    assert all(torch.equal(v, runs["static"]["lstm"][k]) for k, v in runs["eager"]["lstm"].items())
+    moments = [run["optimizers"]["lstm"]["state"][0]["exp_avg_sq"] for run in runs.values()]
+    assert torch.equal(*moments)
+    assert (read_metrics(tmp_path / "eager" / "lstm" / "metrics.csv")
+            == read_metrics(tmp_path / "static" / "lstm" / "metrics.csv"))

@@ -3,8 +3,9 @@
 # (frozen), in VARIANTS side by side on one CUDA GPU for LSTM_S seconds, each evaluated as the README's results
 # are (`main.py --evaluate`), the one with the lowest frame MSE over the second half of its 100 predicted steps
 # (one step of 100 clips is too noisy to rank by) exported beside the shipped DRNET file.
-# On a 2-core CPU an iteration of this LSTM (512 units, batch 100, 100 poses per clip) takes 2-3.5 s; on a GPU it
-# is bound by launching its small kernels step by step, so a batch of 400 costs about what one of 100 does.
+# On a 2-core CPU an iteration of this LSTM (512 units, batch 100, 100 poses per clip) takes 2-3.5 s; on a GPU an
+# eager one is bound by launching its small kernels step by step (a batch of 400 costs about what one of 100
+# does), which `--cuda_graph True` replays at once. The eager b400 is there in case capture fails on the GPU.
 # Under $OUT (which brings back 8 files at most):
 #   lstm.md                  the variants: flags, iterations reached, identity at steps 10 / 100, frame MSE
 #   pose_lstm_mnist_fp16.pt  the best variant's LSTM in half precision, paired with saved_results/drnet_mnist_fp16.pt
@@ -19,11 +20,11 @@ cd "$(dirname "$0")/.."
 out=${OUT:-gpu_lstm_results}
 runs=${RUNS:-/tmp/drnet_gpu_lstm_runs}
 # name:flags;... each from the shipped LSTM (trained at batch 100, lr 0.0002); the rest of its recipe below.
-variants=${VARIANTS:-"b100:--batch_size 100 --lr 0.0001;b400:--batch_size 400 --lr 0.0002;\
-b400_slow:--batch_size 400 --lr 0.0001"}
+variants=${VARIANTS:-"b400:--batch_size 400 --lr 0.0002;b400_graph:--batch_size 400 --lr 0.0002 --cuda_graph True;\
+b100_graph:--batch_size 100 --lr 0.0001 --cuda_graph True"}
 recipe="--rnn_size 512 --n_future 90 --pose_noise 0.05 --rollout_len 100 --save_iters 1000 --keep_checkpoints 1"
 if [ -n "${SMOKE:-}" ]; then
-    device="--device cpu" size="--batch_size 4 --code_pool 8 --rollout_len 20" iters=3 threads=1
+    device="--device cpu" size="--batch_size 4 --code_pool 8 --rollout_len 20 --cuda_graph False" iters=3 threads=1
     evaluation="--eval_clips 10 --eval_steps 5" lstm_s=${LSTM_S:-600} eval_s=${EVAL_S:-600}
 else
     device="--device cuda --data_threads 2" size="--code_pool 20000" iters=1000000 threads=4
