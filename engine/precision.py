@@ -210,7 +210,8 @@ class CapturedStep:
                     step(*self.static)
             torch.cuda.current_stream().wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            # thread_local: a loader thread that pins or copies the next batch meanwhile does not void the capture
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 self.outputs = step(*self.static)
         else:
             for _ in range(warmup):
