@@ -28,7 +28,7 @@ if [ -n "${SMOKE:-}" ]; then
     evaluation="--eval_clips 10 --eval_steps 5" lstm_s=${LSTM_S:-600} eval_s=${EVAL_S:-600}
 else
     device="--device cuda --data_threads 2" size="--code_pool 20000" iters=1000000 threads=4
-    evaluation="" lstm_s=${LSTM_S:-330} eval_s=${EVAL_S:-120}
+    evaluation="" lstm_s=${LSTM_S:-300} eval_s=${EVAL_S:-150}
 fi
 mkdir -p "$out" "$runs"
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30 OMP_NUM_THREADS=${OMP_NUM_THREADS:-$threads}
