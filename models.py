@@ -321,43 +321,54 @@ class DRNet(nn.Module):
 
 # ---- The second stage: a pose LSTM on top of a trained, frozen DRNET ----
 
-LSTMState = list[tuple[torch.Tensor, torch.Tensor]]  # (hidden, cell) per stacked LSTM cell
+LSTMState = tuple[torch.Tensor, torch.Tensor]  # (hidden, cell), each (layers, B, hidden)
 DECODE_CHUNK = 256  # frames per decoder call when a predicted sequence is rendered
 
 
 class PoseLSTM(nn.Module):
-    """Predicts the next pose: Linear(content+pose -> hidden), stacked LSTM cells, Linear(hidden -> pose), Tanh.
+    """Predicts the next pose: Linear(content+pose -> hidden), stacked LSTM layers, Linear(hidden -> pose), Tanh.
 
     It keeps no state between calls: every call starts from zeros sized by its own input's batch.
+    The stacked layers are one `nn.LSTM`, so a run of true poses goes through them in one fused call
+    (cuDNN, oneDNN): the same equations as a loop of `nn.LSTMCell`s (edenton/drnet-py models/lstm.py), summed in
+    another order. State dicts written with those cells (`cells.{k}.weight_ih`, ...) still load.
     """
 
     def __init__(self, content_dim: int, pose_dim: int, hidden: int = 256, layers: int = 2):
         super().__init__()
         self.content_dim, self.pose_dim, self.hidden = content_dim, pose_dim, hidden
         self.embed = nn.Linear(pose_dim + content_dim, hidden)
-        self.cells = nn.ModuleList(nn.LSTMCell(hidden, hidden) for _ in range(layers))
+        self.lstm = nn.LSTM(hidden, hidden, layers, batch_first=True)
         self.out = nn.Sequential(nn.Linear(hidden, pose_dim), nn.Tanh())
+        self._register_load_state_dict_pre_hook(_rename_cell_keys)
 
     def initial_state(self, like: torch.Tensor) -> LSTMState:
         """Zero hidden and cell states for the batch, device and dtype of `like` (B, ...)."""
-        zeros = like.new_zeros(like.shape[0], self.hidden)
-        return [(zeros, zeros) for _ in self.cells]
+        zeros = like.new_zeros(self.lstm.num_layers, like.shape[0], self.hidden)
+        return zeros, zeros
+
+    def _check(self, content: torch.Tensor, poses: torch.Tensor) -> None:
+        batch = content.shape[0]
+        # Exact shapes: a (B, pose_dim, 1, 1) pose would broadcast silently in the loss (the reference's bug).
+        if content.shape != (batch, self.content_dim) or poses.shape[0] != batch or poses.shape[-1] != self.pose_dim:
+            raise ValueError(f"expected content ({batch}, {self.content_dim}) and pose ({batch}, {self.pose_dim}), "
+                             f"got {tuple(content.shape)} and {tuple(poses.shape)}")
+
+    def _steps(self, content: torch.Tensor, poses: torch.Tensor, state: LSTMState | None
+               ) -> tuple[torch.Tensor, LSTMState]:
+        """Transitions reading poses (B, T, pose_dim) in turn, in one call of the stacked layers."""
+        content = content.unsqueeze(1).expand(-1, poses.shape[1], -1)
+        hidden, state = self.lstm(self.embed(torch.cat([poses, content], dim=2)), state or self.initial_state(poses))
+        return self.out(hidden), state
 
     def step(self, content: torch.Tensor, pose: torch.Tensor, state: LSTMState | None = None
              ) -> tuple[torch.Tensor, LSTMState]:
         """One transition: content (B, content_dim) and pose (B, pose_dim) at t-1 -> pose (B, pose_dim) at t."""
-        batch = content.shape[0]
-        # Exact shapes: a (B, pose_dim, 1, 1) pose would broadcast silently in the loss (the reference's bug).
-        if content.shape != (batch, self.content_dim) or pose.shape != (batch, self.pose_dim):
-            raise ValueError(f"expected content ({batch}, {self.content_dim}) and pose ({batch}, {self.pose_dim}), "
-                             f"got {tuple(content.shape)} and {tuple(pose.shape)}")
-        x = self.embed(torch.cat([pose, content], dim=1))
-        new_state = []
-        for cell, (hidden, memory) in zip(self.cells, state or self.initial_state(content), strict=True):
-            hidden, memory = cell(x, (hidden, memory))
-            new_state.append((hidden, memory))
-            x = hidden
-        return self.out(x), new_state
+        if pose.dim() != 2:
+            raise ValueError(f"expected pose ({content.shape[0]}, {self.pose_dim}), got {tuple(pose.shape)}")
+        self._check(content, pose)
+        predicted, state = self._steps(content, pose.unsqueeze(1), state)
+        return predicted.squeeze(1), state
 
     def forward(self, content: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: content (B, content_dim), poses (B, T, pose_dim) -> next poses (B, T, pose_dim)."""
@@ -380,16 +391,34 @@ class PoseLSTM(nn.Module):
         Detached as scheduled sampling (Bengio et al., 2015) treats the tokens it feeds back: a gradient through
         tens of read-back poses explodes (norms of 8 to 290 against 0.04 to 0.17 detached, measured on the
         shipped LSTM), and Adam at lr 2e-4 then raised the loss of a fixed batch from 0.075 to 0.16 in 15 steps.
+        Each run of steps that read true poses is one fused call; each read-back step is a call of its own.
         """
         if poses.dim() != 3 or not read_back or read_back[0] or not all(read_back[poses.shape[1]:]):
             raise ValueError(f"expected poses (B, T, {self.pose_dim}) and read-back flags, the first False and "
                              f"every one from step T on True; got {tuple(poses.shape)} and {len(read_back)} flags, "
                              f"{sum(read_back)} True")
-        state, pose, predicted = None, None, []
-        for t, own in enumerate(read_back):
-            pose, state = self.step(content, pose.detach() if own else poses[:, t], state)
-            predicted.append(pose)
-        return torch.stack(predicted, dim=1)
+        self._check(content, poses)
+        state, predicted, t = None, [], 0
+        while t < len(read_back):
+            end = t + 1
+            while end < len(read_back) and read_back[end] == read_back[t]:
+                end += 1
+            if read_back[t]:
+                for _ in range(t, end):
+                    pose, state = self._steps(content, predicted[-1][:, -1:].detach(), state)
+                    predicted.append(pose)
+            else:
+                pose, state = self._steps(content, poses[:, t:end], state)
+                predicted.append(pose)
+            t = end
+        return torch.cat(predicted, dim=1)
+
+
+def _rename_cell_keys(state_dict: dict, prefix: str, *_: object) -> None:
+    """Load hook: name the weights of a state dict written by the LSTM-cell loop as `nn.LSTM` names them."""
+    for key in [k for k in state_dict if k.startswith(prefix + "cells.")]:
+        layer, name = key[len(prefix + "cells."):].split(".", 1)
+        state_dict[f"{prefix}lstm.{name}_l{layer}"] = state_dict.pop(key)
 
 
 class DRNetPredictor(DRNet):

@@ -12,6 +12,7 @@ from pathlib import Path
 import imageio.v2 as imageio
 import pytest
 import torch
+import torch.nn as nn
 from fakes.runs import small_mnist_config
 from PIL import Image, ImageFont
 
@@ -52,9 +53,10 @@ def test_pose_lstm_state_is_per_call_and_batch_size_independent():
     torch.testing.assert_close(lstm(content, poses), together, rtol=0, atol=0)  # nothing carried over
     assert lstm(content[:2], poses[:2, :4]).shape == (2, 4, 3)
     assert list(lstm.buffers()) == []
-    first, state = lstm.step(content, poses[:, 0])
-    assert len(state) == 2 and state[0][0].shape == (5, 8)
-    torch.testing.assert_close(first, together[:, 0], rtol=0, atol=0)
+    first, (hidden, memory) = lstm.step(content, poses[:, 0])
+    assert hidden.shape == memory.shape == (2, 5, 8)  # (layers, B, hidden)
+    # One step alone and the first of seven in one fused call: the same sums, up to their order.
+    torch.testing.assert_close(first, together[:, 0], rtol=0, atol=1e-6)
 
 
 def test_teacher_forced_loss_equals_hand_computed_value():
@@ -74,12 +76,12 @@ def test_teacher_forced_loss_follows_the_lstm_equations():
     torch.manual_seed(1)
     lstm = PoseLSTM(content_dim=2, pose_dim=3, hidden=4, layers=1)
     content, poses = torch.randn(2, 2), torch.rand(2, 4, 3) * 2 - 1
-    cell = lstm.cells[0]
+    layer = lstm.lstm
     hidden = memory = torch.zeros(2, 4)
     squared_errors = []
     for t in range(1, 4):  # input [h_p(t-1), h_c], target h_p(t)
         x = lstm.embed(torch.cat([poses[:, t - 1], content], dim=1))
-        gates = x @ cell.weight_ih.T + cell.bias_ih + hidden @ cell.weight_hh.T + cell.bias_hh
+        gates = x @ layer.weight_ih_l0.T + layer.bias_ih_l0 + hidden @ layer.weight_hh_l0.T + layer.bias_hh_l0
         i, f, g, o = gates.chunk(4, dim=1)
         memory = torch.sigmoid(f) * memory + torch.sigmoid(i) * torch.tanh(g)
         hidden = torch.sigmoid(o) * torch.tanh(memory)
@@ -87,6 +89,24 @@ def test_teacher_forced_loss_follows_the_lstm_equations():
         squared_errors.append((predicted - poses[:, t]) ** 2)
     expected = torch.stack(squared_errors).mean()
     torch.testing.assert_close(pose_loss(lstm, content, poses), expected)
+
+
+def test_weights_saved_by_the_lstm_cell_loop_load_and_predict_as_that_loop():
+    torch.manual_seed(7)
+    embed, cells, out = nn.Linear(5, 4), nn.ModuleList(nn.LSTMCell(4, 4) for _ in range(2)), nn.Linear(4, 3)
+    old = {"embed": embed, "cells": cells, "out": nn.Sequential(out, nn.Tanh())}  # the layout of earlier checkpoints
+    state = {f"lstm.{name}": value for name, value in nn.ModuleDict(old).state_dict().items()}
+    parent = nn.ModuleDict({"lstm": PoseLSTM(content_dim=2, pose_dim=3, hidden=4, layers=2)})
+    parent.load_state_dict(state)  # strict: every old key is mapped, every new one filled
+    content, poses = torch.randn(2, 2), torch.rand(2, 5, 3) * 2 - 1
+    layers, expected = [(torch.zeros(2, 4), torch.zeros(2, 4))] * 2, []
+    for t in range(5):
+        x = embed(torch.cat([poses[:, t], content], dim=1))
+        for k, cell in enumerate(cells):
+            layers[k] = cell(x, layers[k])
+            x = layers[k][0]
+        expected.append(torch.tanh(out(x)))
+    torch.testing.assert_close(parent["lstm"](content, poses), torch.stack(expected, dim=1), rtol=0, atol=1e-6)
 
 
 def test_pose_noise_is_added_to_the_poses_read_and_not_to_the_targets():
