@@ -109,8 +109,8 @@ def captured_update(lstm: PoseLSTM, optimizer: torch.optim.Optimizer, example: t
                     read_back: list[bool], capture: bool = True) -> Callable[..., torch.Tensor]:
     """`lstm_update` as `--cuda_graph True` runs it on pool batches: recorded once as a CUDA graph and replayed.
 
-    Eager, an update of the 512-unit LSTM on 100 poses per clip launches thousands of small kernels one step
-    after another; a replay launches them at once. `example` is (content, poses) or (content, poses, noise)
+    Eager, an update launches its kernels one by one (the fused LSTM layers, embedding, output layer, loss and
+    Adam); a replay launches them at once. `example` is (content, poses) or (content, poses, noise)
     tensors of the batch's shapes, the inputs every later call copies its own into (`CapturedStep`).
     """
     graphed = CapturedStep(lambda *inputs: {"mse": lstm_update(lstm, optimizer, *inputs[:2], read_back, *inputs[2:])},
