@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "the LSTM reads in training, the targets unchanged, so that it learns to bring a pose that left "
                       "its track back (not in the paper nor the authors' code: 0; see docs/lstm.md) "
                       f"({LSTM_DEFAULTS['pose_noise']})")
+    lstm.add_argument("--noise_observed", **boolean, help="with --pose_noise: False keeps the first --n_past poses "
+                      "read clean, as a roll-out reads the observed poses, and adds noise only to the poses after "
+                      f"them ({LSTM_DEFAULTS['noise_observed']})")
     lstm.add_argument("--init_lstm", metavar="PATH", help="start from this trained pose LSTM (an LSTM checkpoint or a "
                       "pose_lstm file) and freeze the DRNET it was trained on, with a fresh optimizer")
     lstm.add_argument("--drnet_checkpoint", help="the trained DRNET to freeze (default: checkpoint.pt of the run "

@@ -44,9 +44,10 @@ METRIC_CLIPS = 32  # fixed test clips for the MSE per step; enough to compare wi
 PICTURE_CLIPS = 4  # fixed test clips shown in the strips and GIFs
 
 
-def input_noise(shape: torch.Size, sigma: float, seed: int, iteration: int, device: torch.device
-                ) -> torch.Tensor | None:
-    """Gaussian noise of standard deviation `sigma` for the poses the LSTM reads at `iteration`; None for 0.
+def input_noise(shape: torch.Size, sigma: float, seed: int, iteration: int, device: torch.device,
+                clean: int = 0) -> torch.Tensor | None:
+    """Gaussian noise of standard deviation `sigma` for the poses (B, T, p) the LSTM reads at `iteration`, zero
+    on the first `clean` of them; None for sigma 0.
 
     Drawn from a generator seeded by (seed, iteration) alone, so a resumed run adds exactly the noise the
     uninterrupted run would have, with no generator state to store.
@@ -54,7 +55,9 @@ def input_noise(shape: torch.Size, sigma: float, seed: int, iteration: int, devi
     if sigma == 0:
         return None
     generator = torch.Generator().manual_seed(seed * 1_000_003 + iteration)
-    return (sigma * torch.randn(shape, generator=generator)).to(device)
+    noise = sigma * torch.randn(shape, generator=generator)
+    noise[:, :clean] = 0
+    return noise.to(device)
 
 
 def read_back_pattern(steps: int, observed: int, free_steps: int) -> list[bool]:
@@ -256,6 +259,7 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
     drawn, iteration = start, start
     # Checkpoints older than --pose_noise read the true poses as they are, as they began.
     noise_sigma, noise_seed = config.get("pose_noise", 0.0), distributed.data_seed(config["seed"])
+    clean_inputs = 0 if config.get("noise_observed", True) else n_past  # a roll-out reads true observed poses
 
     def draw(g: torch.Generator) -> torch.Tensor:
         """Clips while the pool fills (or without a pool), then a batch of pool indices (1-D)."""
@@ -282,7 +286,8 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
         # Xeon (0.61 s against 0.37 s); at 512 units its fused layers ran 1.7x faster on an AVX-512 bf16 EPYC,
         # but a roll-out keeps its place only if the poses carry velocities to hundredths of a pixel per
         # frame, finer than bf16's 8-bit mantissa resolves in the poses and hidden states.
-        noise = input_noise(poses[:, :-1].shape, noise_sigma, noise_seed, iteration, poses.device)
+        noise = input_noise(poses[:, :-1].shape, noise_sigma, noise_seed, iteration, poses.device,
+                            clean_inputs)
         inputs = (content, poses) if noise is None else (content, poses, noise)
         if update is None and config.get("cuda_graph") and pool.full:  # the encoding batches stay eager
             update = captured_update(model.lstm, optimizer, inputs, read_back)

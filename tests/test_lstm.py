@@ -127,6 +127,9 @@ def test_input_noise_depends_on_the_seed_and_iteration_alone():
     assert torch.equal(noise, input_noise(shape, 0.05, 1, 7, cpu))  # a resumed run draws it again
     assert not torch.equal(noise, input_noise(shape, 0.05, 1, 8, cpu))
     assert not torch.equal(noise, input_noise(shape, 0.05, 2, 7, cpu))  # another seed (or rank)
+    observed_clean = input_noise(shape, 0.05, 1, 7, cpu, clean=10)  # --noise_observed False, --n_past 10
+    assert torch.equal(observed_clean[:, :10], torch.zeros(200, 10, 5))
+    assert torch.equal(observed_clean[:, 10:], noise[:, 10:])  # the same draws on the poses after them
 
 
 def test_read_back_pattern_follows_the_observed_poses_with_runs_of_own_predictions():
