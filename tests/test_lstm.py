@@ -314,7 +314,7 @@ def test_lstm_defaults_and_lr_flag(drnet_dir, shared, tmp_path):
     assert {k: config[k] for k in LSTM_DEFAULTS} == {"lr": 0.0002, "beta1": 0.9, "n_past": 10, "n_future": 10,
                                                           "rnn_size": 256, "rnn_layers": 2, "rollout_len": 500,
                                                           "code_pool": 20000, "free_steps": 0,
-                                                          "pose_noise": 0.0}
+                                                          "pose_noise": 0.0, "noise_observed": True}
     assert config["run_dir"] == str(tmp_path / "a" / "lstm")
     config = resolve_run(main.build_parser().parse_args([*common, "--save_dir", str(tmp_path / "b"),
                                                               "--lr", "0.001"])).config
