@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     lstm.add_argument("--noise_observed", **boolean, help="with --pose_noise: False keeps the first --n_past poses "
                       "read clean, as a roll-out reads the observed poses, and adds noise only to the poses after "
                       f"them ({LSTM_DEFAULTS['noise_observed']})")
+    lstm.add_argument("--amp_lstm", **boolean, help="train the LSTM itself under --amp's bf16 autocast too, not "
+                      "only the frozen DRNET's encoding; test roll-outs stay fp32 (see docs/lstm.md) "
+                      f"({LSTM_DEFAULTS['amp_lstm']})")
     lstm.add_argument("--init_lstm", metavar="PATH", help="start from this trained pose LSTM (an LSTM checkpoint or a "
                       "pose_lstm file) and freeze the DRNET it was trained on, with a fresh optimizer")
     lstm.add_argument("--drnet_checkpoint", help="the trained DRNET to freeze (default: checkpoint.pt of the run "

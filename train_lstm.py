@@ -68,16 +68,18 @@ def read_back_pattern(steps: int, observed: int, free_steps: int) -> list[bool]:
 
 
 def pose_loss(lstm: PoseLSTM, h_c: torch.Tensor, h_p: torch.Tensor, read_back: list[bool] | None = None,
-              noise: torch.Tensor | None = None) -> torch.Tensor:
+              noise: torch.Tensor | None = None, precision: Precision = FP32) -> torch.Tensor:
     """Mean squared error of h_p(t) predicted over all T-1 transitions of h_p (B, T, p).
 
     Teacher-forced by default (the paper, both authors' codes): every step reads [h_p(t-1), h_c]. Where
     `read_back` (T-1 flags, `read_back_pattern`) says so, a step reads the LSTM's own previous prediction
     instead, as in generation, as an input only: no gradient flows through it (`PoseLSTM.unroll`). `noise`
-    (B, T-1, p) is added to the true poses read (`--pose_noise`); the targets stay the true poses.
+    (B, T-1, p) is added to the true poses read (`--pose_noise`); the targets stay the true poses. The LSTM runs
+    under `precision`'s autocast (`--amp_lstm`); the loss is always fp32.
     """
     inputs = h_p[:, :-1] if noise is None else h_p[:, :-1] + noise
-    predicted = lstm.unroll(h_c, inputs, read_back or [False] * (h_p.shape[1] - 1))
+    with autocast(precision, h_p.device):
+        predicted = lstm.unroll(h_c, inputs, read_back or [False] * (h_p.shape[1] - 1)).float()
     target = h_p[:, 1:]
     if predicted.shape != target.shape:  # never broadcast a prediction against its target
         raise ValueError(f"prediction {tuple(predicted.shape)} and target {tuple(target.shape)} differ")
@@ -94,13 +96,14 @@ def encode_clips(model: DRNetPredictor, clips: torch.Tensor, n_past: int) -> tup
 
 
 def lstm_update(lstm: PoseLSTM, optimizer: torch.optim.Optimizer, content: torch.Tensor, poses: torch.Tensor,
-                read_back: list[bool] | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
-    """One LSTM update on encoded clips: content (B, c), poses (B, T, p); `read_back` and `noise` as in
-    `pose_loss`.
+                read_back: list[bool] | None = None, noise: torch.Tensor | None = None,
+                precision: Precision = FP32) -> torch.Tensor:
+    """One LSTM update on encoded clips: content (B, c), poses (B, T, p); `read_back`, `noise` and `precision`
+    as in `pose_loss`.
 
     Returns the MSE, detached.
     """
-    loss = pose_loss(lstm, content, poses, read_back, noise)
+    loss = pose_loss(lstm, content, poses, read_back, noise, precision)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     distributed.average_gradients(optimizer)  # several processes: the gradient of the global batch
@@ -109,14 +112,16 @@ def lstm_update(lstm: PoseLSTM, optimizer: torch.optim.Optimizer, content: torch
 
 
 def captured_update(lstm: PoseLSTM, optimizer: torch.optim.Optimizer, example: tuple[torch.Tensor, ...],
-                    read_back: list[bool], capture: bool = True) -> Callable[..., torch.Tensor]:
+                    read_back: list[bool], precision: Precision = FP32, capture: bool = True
+                    ) -> Callable[..., torch.Tensor]:
     """`lstm_update` as `--cuda_graph True` runs it on pool batches: recorded once as a CUDA graph and replayed.
 
     Eager, an update launches its kernels one by one (the fused LSTM layers, embedding, output layer, loss and
     Adam); a replay launches them at once. `example` is (content, poses) or (content, poses, noise)
     tensors of the batch's shapes, the inputs every later call copies its own into (`CapturedStep`).
     """
-    graphed = CapturedStep(lambda *inputs: {"mse": lstm_update(lstm, optimizer, *inputs[:2], read_back, *inputs[2:])},
+    graphed = CapturedStep(lambda *inputs: {"mse": lstm_update(lstm, optimizer, *inputs[:2], read_back, *inputs[2:],
+                                                                 precision=precision)},
                            example, [lstm, optimizer], capture=capture)
     log.info("LSTM update captured as one CUDA graph" if capture else "LSTM update on static inputs")
     return lambda *inputs: graphed(*inputs)["mse"]
@@ -260,6 +265,10 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
     # Checkpoints older than --pose_noise read the true poses as they are, as they began.
     noise_sigma, noise_seed = config.get("pose_noise", 0.0), distributed.data_seed(config["seed"])
     clean_inputs = 0 if config.get("noise_observed", True) else n_past  # a roll-out reads true observed poses
+    # The LSTM trains in fp32 unless --amp_lstm: bf16 autocast made an update of 100 clips slower at 256 units on
+    # an AMX Xeon (0.61 s against 0.37 s), 1.7x faster at 512 units on an AVX-512 bf16 EPYC. Test roll-outs,
+    # evaluation and generation stay fp32 either way.
+    lstm_precision = precision if config.get("amp_lstm") else FP32
 
     def draw(g: torch.Generator) -> torch.Tensor:
         """Clips while the pool fills (or without a pool), then a batch of pool indices (1-D)."""
@@ -282,17 +291,13 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
                 pool.add(content, poses)
                 if pool.full:
                     store_pool(pool, pool_file, pool_key)
-        # The LSTM trains in float32. bf16 autocast made an update of 100 clips slower at 256 units on an AMX
-        # Xeon (0.61 s against 0.37 s); at 512 units its fused layers ran 1.7x faster on an AVX-512 bf16 EPYC,
-        # but a roll-out keeps its place only if the poses carry velocities to hundredths of a pixel per
-        # frame, finer than bf16's 8-bit mantissa resolves in the poses and hidden states.
         noise = input_noise(poses[:, :-1].shape, noise_sigma, noise_seed, iteration, poses.device,
                             clean_inputs)
         inputs = (content, poses) if noise is None else (content, poses, noise)
         if update is None and config.get("cuda_graph") and pool.full:  # the encoding batches stay eager
-            update = captured_update(model.lstm, optimizer, inputs, read_back)
+            update = captured_update(model.lstm, optimizer, inputs, read_back, lstm_precision)
         if update is None:
-            return {"mse": lstm_update(model.lstm, optimizer, content, poses, read_back, noise)}
+            return {"mse": lstm_update(model.lstm, optimizer, content, poses, read_back, noise, lstm_precision)}
         return {"mse": update(*inputs)}
 
     run_iterations(config, start, "LSTM", batches, step, metrics, save_everything, "--resume True --use_lstm True")

@@ -50,9 +50,10 @@ RUN_FLAGS = ("resume", "start_iter", "save_dir", "use_lstm", "evaluate", "checkp
 # LSTM stage [py, seed] (drnet-py's train_lstm.py): these replace or add to DEFAULTS when --use_lstm is on.
 LSTM_DEFAULTS = {"lr": 0.0002, "beta1": 0.9, "n_past": 10, "n_future": 10, "rnn_size": 256, "rnn_layers": 2,
                  "rollout_len": 500, "code_pool": 20000, "free_steps": 0, "pose_noise": 0.0,
-                 "noise_observed": True}
+                 "noise_observed": True, "amp_lstm": False}
 LSTM_COUNTS = ("n_past", "n_future", "rnn_size", "rnn_layers", "rollout_len")  # each must be at least 1
-LSTM_ONLY = (*LSTM_COUNTS, "code_pool", "free_steps", "pose_noise", "noise_observed", "drnet_checkpoint", "init_lstm")
+LSTM_ONLY = (*LSTM_COUNTS, "code_pool", "free_steps", "pose_noise", "noise_observed", "amp_lstm",
+             "drnet_checkpoint", "init_lstm")
 # What the clips show: a new LSTM run takes these from the DRNET it freezes unless given, so that it learns the
 # poses of the clips that DRNET was trained on (a one-digit DRNET under two-digit clips predicts nonsense).
 DRNET_DATA_KEYS = ("num_digits",)

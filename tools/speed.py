@@ -195,7 +195,8 @@ def measure_rollout(device_name: str) -> dict:
 
 def measure_lstm(device_name: str, batch_size: int, iters: int) -> dict:
     """Seconds per clip of one pose-LSTM update on 20-frame Moving MNIST clips: encoding every batch through the
-    frozen DRNET (fp32, and bf16 where `--amp auto` takes it) against drawing the batch from the code pool."""
+    frozen DRNET (fp32, and bf16 where `--amp auto` takes it) against drawing the batch from the code pool (the
+    LSTM in fp32, and in bf16 where `--amp auto` takes it)."""
     from datasets.registry import DATASETS
     from engine.precision import FP32, adam, autocast, resolve_precision
     from models import DRNetPredictor
@@ -224,6 +225,9 @@ def measure_lstm(device_name: str, batch_size: int, iters: int) -> dict:
     updates = {f"encode every batch ({name} encoders)": encoded(precision)
                for name, precision in precisions.items() if name == "fp32" or precision.dtype is not None}
     updates["from the code pool"] = lambda: lstm_update(model.lstm, optimizer, *pool.batch(indices))
+    if precisions["bf16"].dtype is not None:
+        updates["from the code pool, LSTM in bf16 (--amp_lstm True)"] = lambda: lstm_update(
+            model.lstm, optimizer, *pool.batch(indices), precision=precisions["bf16"])
     seconds = {}
     for name, update in updates.items():
         update()  # warm-up
