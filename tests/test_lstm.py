@@ -20,7 +20,6 @@ import main
 from engine.checkpoints import export_lstm, export_weights, load_model
 from engine.config import LSTM_DEFAULTS, resolve_run
 from engine.pictures import label_strip_width
-from engine.precision import Precision
 from models import DRNet, DRNetPredictor, PoseLSTM
 from train_lstm import (
     CodePool,
@@ -118,26 +117,6 @@ def test_pose_noise_is_added_to_the_poses_read_and_not_to_the_targets():
     torch.testing.assert_close(pose_loss(lstm, content, poses, noise=noise), expected)
     assert pose_loss(lstm, content, poses, noise=torch.zeros(2, 4, 3)).item() == pose_loss(lstm, content, poses).item()
     assert pose_loss(lstm, content, poses, noise=noise).item() != pose_loss(lstm, content, poses).item()
-
-
-def test_amp_lstm_runs_the_lstm_in_bf16_and_the_loss_and_weights_in_fp32():
-    torch.manual_seed(2)
-    lstm = PoseLSTM(content_dim=2, pose_dim=3, hidden=16, layers=2)
-    content, poses = torch.randn(4, 2), torch.rand(4, 9, 3) * 2 - 1
-    bf16 = Precision(torch.bfloat16, "test")
-    with torch.autocast("cpu", torch.bfloat16):
-        predicted = lstm(content, poses[:, :-1])
-    assert predicted.dtype == torch.bfloat16
-    expected = ((predicted.float() - poses[:, 1:]) ** 2).mean()
-    loss = pose_loss(lstm, content, poses, precision=bf16)
-    assert loss.dtype == torch.float32 and loss.item() == expected.item()
-    fp32 = pose_loss(lstm, content, poses)
-    assert loss.item() != fp32.item() and loss.item() == pytest.approx(fp32.item(), rel=0.05)
-    optimizer = torch.optim.Adam(lstm.parameters(), 1e-3)
-    before = [p.detach().clone() for p in lstm.parameters()]
-    lstm_update(lstm, optimizer, content, poses, precision=bf16)
-    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in lstm.parameters())
-    assert all(not torch.equal(b, p) for b, p in zip(before, lstm.parameters(), strict=True))
 
 
 def test_input_noise_depends_on_the_seed_and_iteration_alone():

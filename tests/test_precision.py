@@ -25,7 +25,7 @@ from engine.precision import (
     uses_channels_last,
 )
 from models import PoseLSTM
-from train_lstm import captured_update, lstm_update
+from train_lstm import captured_update, lstm_update, pose_loss
 from utils import read_metrics
 
 CPU = torch.device("cpu")
@@ -313,3 +313,23 @@ def test_a_run_with_its_lstm_update_on_static_inputs_equals_an_eager_run(drnet_d
     assert torch.equal(*moments)
     assert (read_metrics(tmp_path / "eager" / "lstm" / "metrics.csv")
             == read_metrics(tmp_path / "static" / "lstm" / "metrics.csv"))
+
+
+def test_amp_lstm_runs_the_lstm_in_bf16_and_the_loss_and_weights_in_fp32():
+    torch.manual_seed(2)
+    lstm = PoseLSTM(content_dim=2, pose_dim=3, hidden=16, layers=2)
+    content, poses = torch.randn(4, 2), torch.rand(4, 9, 3) * 2 - 1
+    bf16 = Precision(torch.bfloat16, "test")
+    with torch.autocast("cpu", torch.bfloat16):
+        predicted = lstm(content, poses[:, :-1])
+    assert predicted.dtype == torch.bfloat16
+    expected = ((predicted.float() - poses[:, 1:]) ** 2).mean()
+    loss = pose_loss(lstm, content, poses, precision=bf16)
+    assert loss.dtype == torch.float32 and loss.item() == expected.item()
+    fp32 = pose_loss(lstm, content, poses)
+    assert loss.item() != fp32.item() and loss.item() == pytest.approx(fp32.item(), rel=0.05)
+    optimizer = torch.optim.Adam(lstm.parameters(), 1e-3)
+    before = [p.detach().clone() for p in lstm.parameters()]
+    lstm_update(lstm, optimizer, content, poses, precision=bf16)
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in lstm.parameters())
+    assert all(not torch.equal(b, p) for b, p in zip(before, lstm.parameters(), strict=True))
