@@ -267,8 +267,10 @@ def train_lstm(config: dict, device: torch.device, data: tuple[ClipDataset, Clip
     clean_inputs = 0 if config.get("noise_observed", True) else n_past  # a roll-out reads true observed poses
     # The LSTM trains in fp32 unless --amp_lstm: bf16 autocast made an update of 100 clips slower at 256 units on
     # an AMX Xeon (0.61 s against 0.37 s), 1.7x faster at 512 units on an AVX-512 bf16 EPYC. Test roll-outs,
-    # evaluation and generation stay fp32 either way.
+    # evaluation and generation stay fp32 either way; per iteration it learns as fp32 does (docs/lstm_finetunes.md).
     lstm_precision = precision if config.get("amp_lstm") else FP32
+    if config.get("amp_lstm") and precision.dtype is None:
+        log.info("--amp_lstm True: the LSTM trains in fp32 all the same, since --amp resolved to fp32 here")
 
     def draw(g: torch.Generator) -> torch.Tensor:
         """Clips while the pool fills (or without a pool), then a batch of pool indices (1-D)."""
